@@ -1,0 +1,1 @@
+//! The Fanout controller: the custom resource and everything that reconciles it.
