@@ -1,1 +1,1 @@
-//! (being written)
+//! Wiring (pending the controller API; see /work/notes/app.rs.pending).

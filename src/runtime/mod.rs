@@ -7,6 +7,8 @@
 //! - [`metrics`]: the runtime's own Prometheus series;
 //! - [`batch`]: bounded, ordered, cancellable concurrent batches;
 //! - [`ratelimit`]: client-side QPS/burst limit for the kube client.
+//!
+//! A controller receives the pieces it needs as one [`Handles`].
 
 pub mod admin;
 pub mod batch;
@@ -15,3 +17,24 @@ pub mod lease;
 pub mod metrics;
 pub mod ratelimit;
 pub mod shutdown;
+
+/// Everything the runtime gives to a controller that plugs into it.
+///
+/// The controller registers its metrics and readiness checks, reconciles only
+/// while `leader` holds `true`, stops taking work when `drain` fires and drops
+/// in-flight work when `abort` fires; see [`shutdown`] for the order.
+#[derive(Clone)]
+pub struct Handles {
+    /// A kube client behind the client-side rate limit.
+    pub client: kube::Client,
+    /// The registry `/metrics` serves.
+    pub registry: prometheus::Registry,
+    /// Readiness checks and liveness heartbeats.
+    pub health: health::Health,
+    /// `true` while this process holds the leader lease.
+    pub leader: tokio::sync::watch::Receiver<bool>,
+    /// Fires on the first signal: stop intake, finish in-flight work.
+    pub drain: tokio_util::sync::CancellationToken,
+    /// Fires when the drain deadline passes: drop in-flight work now.
+    pub abort: tokio_util::sync::CancellationToken,
+}
