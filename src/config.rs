@@ -106,6 +106,10 @@ pub struct Config {
     #[arg(long, env = "FANOUT_REQUIRE_CONSENT", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set, value_name = "BOOL")]
     pub require_consent: bool,
 
+    /// Reconcile only Fanouts whose labels match this selector (e.g. "shard=a"); default: all.
+    #[arg(long, env = "FANOUT_SELECTOR", value_parser = label_selector, value_name = "SELECTOR")]
+    pub fanout_selector: Option<String>,
+
     /// Interval at which a Fanout's status writes are coalesced during a fan-out.
     #[arg(long, env = "FANOUT_STATUS_INTERVAL", default_value = "1s", value_parser = positive_duration, value_name = "DURATION")]
     pub status_interval: Duration,
@@ -199,6 +203,24 @@ fn dns_label(value: &str) -> Result<String, String> {
     }
 }
 
+/// A label selector in the API server's syntax (checked for shape here;
+/// the API server has the last word when the watch starts).
+fn label_selector(value: &str) -> Result<String, String> {
+    let valid = !value.trim().is_empty()
+        && value.split(',').all(|requirement| {
+            let requirement = requirement.trim();
+            !requirement.is_empty()
+                && requirement
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=!() ".contains(c))
+        });
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err("must be a label selector such as 'team=a' or 'tier in (apps),!legacy'".to_owned())
+    }
+}
+
 /// A log filter that tracing accepts.
 fn log_filter(value: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::builder()
@@ -252,6 +274,7 @@ mod tests {
             (&["--lease-duration", "1500ms"][..], "--lease-duration"),
             (&["--leader-election", "maybe"][..], "--leader-election"),
             (&["--kube-qps", "0"][..], "--kube-qps"),
+            (&["--fanout-selector", "a=b,,c"][..], "--fanout-selector"),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

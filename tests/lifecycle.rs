@@ -1,0 +1,520 @@
+//! The real `fanout` binary's lifecycle against a real API server: probes,
+//! the SIGTERM drain, the deadline, a second signal, leader handover, and
+//! the metrics it exports.
+//!
+//! Each test runs its own controller processes with their own Lease, and
+//! labels its Fanouts so that only its own controllers (`--fanout-selector`)
+//! reconcile them on the shared testbed.
+
+#[path = "lifecycle/process.rs"]
+mod process;
+#[path = "lifecycle/proxy.rs"]
+mod proxy;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, PostParams};
+use nix::sys::signal::Signal;
+use process::{Controller, kubeconfig_via};
+use proxy::{Mode, Proxy};
+use serde_json::json;
+
+/// Installs the CRD the binary prints (idempotent) and waits until it is served.
+fn install_crd(cluster: &support::Cluster) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .arg("crd")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "fanout crd failed");
+    cluster.apply_yaml(&String::from_utf8(output.stdout).unwrap());
+    cluster.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/fanouts.fanout.dev",
+        "--timeout=60s",
+    ]);
+}
+
+/// A test's world: a source namespace with a Secret, `targets` consenting
+/// namespaces, and the selector value its Fanouts and controllers share.
+struct World {
+    source: support::TestNamespace,
+    targets: Vec<support::TestNamespace>,
+    shard: String,
+}
+
+impl World {
+    async fn new(cluster: &support::Cluster, targets: usize) -> World {
+        install_crd(cluster);
+        let source = cluster.namespace("lc-src").await;
+        let secrets: Api<Secret> = Api::namespaced(cluster.client(), source.name());
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "creds"},
+            "stringData": {"token": "t0k3n"},
+        }))
+        .unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        let mut namespaces = Vec::new();
+        for _ in 0..targets {
+            let ns = cluster.namespace("lc-dst").await;
+            let api: Api<Namespace> = Api::all(cluster.client());
+            let patch = json!({"metadata": {"labels": {"fanout.dev/accept-from-all": "true"}}});
+            api.patch(
+                ns.name(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+            namespaces.push(ns);
+        }
+        World {
+            source,
+            targets: namespaces,
+            shard: support::random_name("shard"),
+        }
+    }
+
+    /// Flags that give a controller this world's Lease and Fanouts, then `extra`.
+    fn args(&self, lease: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "--lease-namespace".into(),
+            self.source.name().into(),
+            "--lease-name".into(),
+            lease.into(),
+            "--fanout-selector".into(),
+            format!("fanout.dev/test={}", self.shard),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+
+    /// Creates a Fanout of the Secret into every target namespace.
+    async fn create_fanout(&self, cluster: &support::Cluster) -> String {
+        let name = support::random_name("fo");
+        let targets: Vec<&str> = self.targets.iter().map(|ns| ns.name()).collect();
+        let fanout = json!({
+            "apiVersion": "fanout.dev/v1alpha1",
+            "kind": "Fanout",
+            "metadata": {"name": name, "namespace": self.source.name(),
+                         "labels": {"fanout.dev/test": self.shard}},
+            "spec": {"source": {"kind": "Secret", "name": "creds"},
+                     "targets": {"namespaces": targets}},
+        });
+        cluster.apply_yaml(&serde_json::to_string(&fanout).unwrap());
+        name
+    }
+
+    /// The Fanout's status.targets as (namespace, state) pairs.
+    fn target_states(&self, cluster: &support::Cluster, name: &str) -> Vec<(String, String)> {
+        let json = cluster.kubectl(&[
+            "get",
+            "fanout",
+            name,
+            "-n",
+            self.source.name(),
+            "-o",
+            "json",
+        ]);
+        let fanout: serde_json::Value = serde_json::from_str(&json).unwrap();
+        fanout["status"]["targets"]
+            .as_array()
+            .map(|targets| {
+                targets
+                    .iter()
+                    .map(|t| {
+                        (
+                            t["namespace"].as_str().unwrap_or_default().to_owned(),
+                            t["state"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until at least `n` targets are Synced.
+    async fn wait_synced(&self, cluster: &support::Cluster, name: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let synced = self
+                .target_states(cluster, name)
+                .iter()
+                .filter(|(_, s)| s == "Synced")
+                .count();
+            if synced >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {synced} of {n} targets synced"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The API server's address, from the admin kubeconfig.
+fn apiserver_addr(cluster: &support::Cluster) -> std::net::SocketAddr {
+    let url = cluster.server_url();
+    url.trim_start_matches("https://").parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_waits_for_the_caches_and_liveness_does_not() {
+    let cluster = support::cluster();
+    let world = World::new(cluster, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(apiserver_addr(cluster), Mode::Hold).await;
+    let kubeconfig = kubeconfig_via(cluster.kubeconfig_path(), proxy.addr(), dir.path());
+    let lease = support::random_name("lease");
+    let mut controller = Controller::start(&kubeconfig, &world.args(&lease, &[])).await;
+
+    // The API server is unreachable: alive, but not ready, and it says why.
+    let held_since = Instant::now();
+    while held_since.elapsed() < Duration::from_secs(2) {
+        assert_eq!(controller.status("/livez").await, Some(200));
+        assert_eq!(controller.status("/readyz").await, Some(503));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let verbose = controller.body("/readyz?verbose").await;
+    assert!(verbose.contains("[-]caches-synced failed"), "{verbose}");
+    assert!(verbose.contains("[+]admin-self-ping ok"), "{verbose}");
+
+    proxy.set(Mode::Open);
+    controller.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(controller.metric("fanout_ready").await, Some(1.0));
+    controller.signal(Signal::SIGTERM);
+    assert!(
+        controller
+            .wait_exit(Duration::from_secs(20))
+            .await
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_turns_readiness_off_at_once_and_drains_to_exit_0() {
+    let cluster = support::cluster();
+    let world = World::new(cluster, 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(apiserver_addr(cluster), Mode::Open).await;
+    let kubeconfig = kubeconfig_via(cluster.kubeconfig_path(), proxy.addr(), dir.path());
+    let lease = support::random_name("lease");
+    let args = world.args(
+        &lease,
+        &[
+            "--fanout-concurrency",
+            "1",
+            "--kube-qps",
+            "10",
+            "--kube-burst",
+            "1",
+        ],
+    );
+    let mut controller = Controller::start(&kubeconfig, &args).await;
+    controller.wait_ready(Duration::from_secs(30)).await;
+    controller.wait_leader(Duration::from_secs(30)).await;
+
+    // Mid-fan-out, hang the API server so the drain has a write in flight.
+    let fanout = world.create_fanout(cluster).await;
+    world.wait_synced(cluster, &fanout, 2).await;
+    proxy.set(Mode::Stall);
+    controller.signal(Signal::SIGTERM);
+    let signalled = Instant::now();
+    while controller.status("/readyz").await != Some(503) {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "readiness never turned off"
+        );
+    }
+    let readiness_off = signalled.elapsed();
+    println!(
+        "readiness 503 {} ms after SIGTERM",
+        readiness_off.as_millis()
+    );
+    assert!(
+        readiness_off < Duration::from_millis(100),
+        "took {readiness_off:?}"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            controller.status("/livez").await,
+            Some(200),
+            "liveness during the drain"
+        );
+        assert!(
+            controller.running(),
+            "the drain waits for the write in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    proxy.set(Mode::Open);
+    let status = controller.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{}", controller.log());
+    assert_eq!(
+        controller.phases(),
+        [
+            "running",
+            "draining",
+            "work_drained",
+            "lease_released",
+            "admin_stopped"
+        ]
+        .map(String::from)
+        .to_vec(),
+        "{}",
+        controller.log()
+    );
+
+    // The final status: every target, in order; finished ones first, the rest Pending.
+    let states = world.target_states(cluster, &fanout);
+    let expected: Vec<&str> = world.targets.iter().map(|ns| ns.name()).collect();
+    let listed: Vec<&str> = states.iter().map(|(ns, _)| ns.as_str()).collect();
+    assert_eq!(
+        listed, expected,
+        "status lists every target in resolution order"
+    );
+    let first_pending = states
+        .iter()
+        .position(|(_, s)| s == "Pending")
+        .unwrap_or(states.len());
+    assert!(
+        first_pending >= 2,
+        "at least the targets synced before the signal: {states:?}"
+    );
+    assert!(
+        first_pending < states.len(),
+        "the drain interrupted the fan-out: {states:?}"
+    );
+    for (ns, state) in &states[first_pending..] {
+        assert_eq!(state, "Pending", "{ns} after the first Pending: {states:?}");
+    }
+    for (ns, state) in &states[..first_pending] {
+        assert_eq!(
+            state, "Synced",
+            "{ns} finished before the drain: {states:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_deadline_work_is_abandoned_by_name_and_the_exit_code_is_1() {
+    let cluster = support::cluster();
+    let world = World::new(cluster, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(apiserver_addr(cluster), Mode::Open).await;
+    let kubeconfig = kubeconfig_via(cluster.kubeconfig_path(), proxy.addr(), dir.path());
+    let lease = support::random_name("lease");
+    let args = world.args(
+        &lease,
+        &[
+            "--fanout-concurrency",
+            "1",
+            "--kube-qps",
+            "5",
+            "--kube-burst",
+            "1",
+            "--shutdown-timeout",
+            "2s",
+            "--write-timeout",
+            "60s",
+        ],
+    );
+    let mut controller = Controller::start(&kubeconfig, &args).await;
+    controller.wait_ready(Duration::from_secs(30)).await;
+    controller.wait_leader(Duration::from_secs(30)).await;
+    let fanout = world.create_fanout(cluster).await;
+    world.wait_synced(cluster, &fanout, 1).await;
+
+    proxy.set(Mode::Stall); // the write in flight never finishes
+    controller.signal(Signal::SIGTERM);
+    let signalled = Instant::now();
+    let status = controller.wait_exit(Duration::from_secs(20)).await;
+    println!(
+        "exited {} ms after SIGTERM with a 2s deadline",
+        signalled.elapsed().as_millis()
+    );
+    assert_eq!(status.code(), Some(1), "{}", controller.log());
+    assert!(
+        controller.phases().contains(&"aborted".to_owned()),
+        "{}",
+        controller.log()
+    );
+    let abandoned: Vec<String> = controller
+        .log_lines()
+        .iter()
+        .filter(|l| l.to_string().contains("abandon"))
+        .map(|l| l.to_string())
+        .collect();
+    assert!(
+        abandoned.iter().any(|l| l.contains(&fanout)),
+        "a log line names the abandoned Fanout {fanout}:\n{}",
+        controller.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_exits_at_once_with_a_non_zero_code() {
+    let cluster = support::cluster();
+    let world = World::new(cluster, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(apiserver_addr(cluster), Mode::Open).await;
+    let kubeconfig = kubeconfig_via(cluster.kubeconfig_path(), proxy.addr(), dir.path());
+    let lease = support::random_name("lease");
+    let args = world.args(
+        &lease,
+        &[
+            "--fanout-concurrency",
+            "1",
+            "--kube-qps",
+            "5",
+            "--kube-burst",
+            "1",
+            "--write-timeout",
+            "60s",
+        ],
+    );
+    let mut controller = Controller::start(&kubeconfig, &args).await;
+    controller.wait_ready(Duration::from_secs(30)).await;
+    controller.wait_leader(Duration::from_secs(30)).await;
+    let fanout = world.create_fanout(cluster).await;
+    world.wait_synced(cluster, &fanout, 1).await;
+
+    proxy.set(Mode::Stall); // the drain cannot finish on its own
+    controller.signal(Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(controller.running(), "still draining");
+    controller.signal(Signal::SIGINT);
+    let second = Instant::now();
+    let status = controller.wait_exit(Duration::from_secs(5)).await;
+    println!(
+        "exited {} ms after the second signal",
+        second.elapsed().as_millis()
+    );
+    assert_eq!(status.code(), Some(130), "{}", controller.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_released_lease_hands_over_at_once_and_a_killed_leader_only_after_expiry() {
+    let cluster = support::cluster();
+    let world = World::new(cluster, 0).await;
+    let kubeconfig = cluster.kubeconfig_path();
+    let lease = support::random_name("lease");
+    let args = world.args(&lease, &["--lease-duration", "6s"]);
+
+    // Drain: the standby leads as soon as the leader lets go.
+    let mut first = Controller::start(kubeconfig, &args).await;
+    first.wait_leader(Duration::from_secs(30)).await;
+    let mut second = Controller::start(kubeconfig, &args).await;
+    second.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(
+        second.metric("fanout_leader").await,
+        Some(0.0),
+        "a ready standby"
+    );
+    first.signal(Signal::SIGTERM);
+    let handover = second.wait_leader(Duration::from_secs(30)).await;
+    println!("handover after SIGTERM: {} ms", handover.as_millis());
+    assert!(handover < Duration::from_secs(2), "took {handover:?}");
+    assert_eq!(
+        first.wait_exit(Duration::from_secs(20)).await.code(),
+        Some(0)
+    );
+
+    // SIGKILL: no release, so the standby waits for the lease to expire.
+    let mut third = Controller::start(kubeconfig, &args).await;
+    third.wait_ready(Duration::from_secs(30)).await;
+    second.signal(Signal::SIGKILL);
+    second.wait_exit(Duration::from_secs(5)).await;
+    let takeover = third.wait_leader(Duration::from_secs(30)).await;
+    println!(
+        "takeover after SIGKILL with a 6s lease: {} ms",
+        takeover.as_millis()
+    );
+    // Renewals happen every 2s, so at least 4s of the lease remained.
+    assert!(
+        takeover >= Duration::from_secs(3),
+        "took over before expiry: {takeover:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_valid_prometheus_text_with_the_lifecycle_series() {
+    let cluster = support::cluster();
+    let world = World::new(cluster, 0).await;
+    let lease = support::random_name("lease");
+    let mut controller =
+        Controller::start(cluster.kubeconfig_path(), &world.args(&lease, &[])).await;
+    controller.wait_ready(Duration::from_secs(30)).await;
+    controller.wait_leader(Duration::from_secs(30)).await;
+    let body = controller.body("/metrics").await;
+
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/install-prereqs installs it)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let mut types = BTreeMap::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            types.insert(
+                parts.next().unwrap().to_owned(),
+                parts.next().unwrap().to_owned(),
+            );
+        }
+    }
+    for (series, kind) in [
+        ("fanout_ready", "gauge"),
+        ("fanout_leader", "gauge"),
+        ("fanout_shutdown_phase", "gauge"),
+        ("fanout_drain_duration_seconds", "gauge"),
+        ("fanout_reconciles_in_flight", "gauge"),
+        ("fanout_target_writes_in_flight", "gauge"),
+        ("process_resident_memory_bytes", "gauge"),
+    ] {
+        assert_eq!(
+            types.get(series).map(String::as_str),
+            Some(kind),
+            "{series} in:\n{body}"
+        );
+    }
+    assert_eq!(controller.metric("fanout_ready").await, Some(1.0));
+    assert_eq!(controller.metric("fanout_leader").await, Some(1.0));
+    assert!(
+        body.contains("fanout_shutdown_phase{phase=\"running\"} 1"),
+        "{body}"
+    );
+    controller.signal(Signal::SIGTERM);
+    assert!(
+        controller
+            .wait_exit(Duration::from_secs(20))
+            .await
+            .success()
+    );
+}
