@@ -11,160 +11,16 @@ mod process;
 #[path = "lifecycle/proxy.rs"]
 mod proxy;
 mod support;
+#[path = "lifecycle/world.rs"]
+mod world;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, PostParams};
 use nix::sys::signal::Signal;
 use process::{Controller, kubeconfig_via};
 use proxy::{Mode, Proxy};
-use serde_json::json;
-
-/// Installs the CRD the binary prints (idempotent) and waits until it is served.
-fn install_crd(cluster: &support::Cluster) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .arg("crd")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "fanout crd failed");
-    cluster.apply_yaml(&String::from_utf8(output.stdout).unwrap());
-    cluster.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/fanouts.fanout.dev",
-        "--timeout=60s",
-    ]);
-}
-
-/// A test's world: a source namespace with a Secret, `targets` consenting
-/// namespaces, and the selector value its Fanouts and controllers share.
-struct World {
-    source: support::TestNamespace,
-    targets: Vec<support::TestNamespace>,
-    shard: String,
-}
-
-impl World {
-    async fn new(cluster: &support::Cluster, targets: usize) -> World {
-        install_crd(cluster);
-        let source = cluster.namespace("lc-src").await;
-        let secrets: Api<Secret> = Api::namespaced(cluster.client(), source.name());
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": "creds"},
-            "stringData": {"token": "t0k3n"},
-        }))
-        .unwrap();
-        secrets
-            .create(&PostParams::default(), &secret)
-            .await
-            .unwrap();
-        let mut namespaces = Vec::new();
-        for _ in 0..targets {
-            let ns = cluster.namespace("lc-dst").await;
-            let api: Api<Namespace> = Api::all(cluster.client());
-            let patch = json!({"metadata": {"labels": {"fanout.dev/accept-from-all": "true"}}});
-            api.patch(
-                ns.name(),
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await
-            .unwrap();
-            namespaces.push(ns);
-        }
-        World {
-            source,
-            targets: namespaces,
-            shard: support::random_name("shard"),
-        }
-    }
-
-    /// Flags that give a controller this world's Lease and Fanouts, then `extra`.
-    fn args(&self, lease: &str, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = vec![
-            "--lease-namespace".into(),
-            self.source.name().into(),
-            "--lease-name".into(),
-            lease.into(),
-            "--fanout-selector".into(),
-            format!("fanout.dev/test={}", self.shard),
-        ];
-        args.extend(extra.iter().map(|a| a.to_string()));
-        args
-    }
-
-    /// Creates a Fanout of the Secret into every target namespace.
-    async fn create_fanout(&self, cluster: &support::Cluster) -> String {
-        let name = support::random_name("fo");
-        let targets: Vec<&str> = self.targets.iter().map(|ns| ns.name()).collect();
-        let fanout = json!({
-            "apiVersion": "fanout.dev/v1alpha1",
-            "kind": "Fanout",
-            "metadata": {"name": name, "namespace": self.source.name(),
-                         "labels": {"fanout.dev/test": self.shard}},
-            "spec": {"source": {"kind": "Secret", "name": "creds"},
-                     "targets": {"namespaces": targets}},
-        });
-        cluster.apply_yaml(&serde_json::to_string(&fanout).unwrap());
-        name
-    }
-
-    /// The Fanout's status.targets as (namespace, state) pairs.
-    fn target_states(&self, cluster: &support::Cluster, name: &str) -> Vec<(String, String)> {
-        let json = cluster.kubectl(&[
-            "get",
-            "fanout",
-            name,
-            "-n",
-            self.source.name(),
-            "-o",
-            "json",
-        ]);
-        let fanout: serde_json::Value = serde_json::from_str(&json).unwrap();
-        fanout["status"]["targets"]
-            .as_array()
-            .map(|targets| {
-                targets
-                    .iter()
-                    .map(|t| {
-                        (
-                            t["namespace"].as_str().unwrap_or_default().to_owned(),
-                            t["state"].as_str().unwrap_or_default().to_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Waits until at least `n` targets are Synced.
-    async fn wait_synced(&self, cluster: &support::Cluster, name: &str, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let synced = self
-                .target_states(cluster, name)
-                .iter()
-                .filter(|(_, s)| s == "Synced")
-                .count();
-            if synced >= n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {synced} of {n} targets synced"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// The API server's address, from the admin kubeconfig.
-fn apiserver_addr(cluster: &support::Cluster) -> std::net::SocketAddr {
-    let url = cluster.server_url();
-    url.trim_start_matches("https://").parse().unwrap()
-}
+use world::{World, apiserver_addr};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_waits_for_the_caches_and_liveness_does_not() {

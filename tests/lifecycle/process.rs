@@ -74,6 +74,11 @@ impl Controller {
         }
     }
 
+    /// Where the admin server listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
     /// The process id.
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
