@@ -71,10 +71,11 @@ The image tag: image.tag, or the chart's appVersion.
 
 {{/*
 The leader Lease's name: the Role grants access to this one Lease, and the
-controller is told the same name, so both come from here.
+controller is told the same name, so both come from here. A DNS label (the
+controller checks): at most 63 characters with the "-leader" suffix.
 */}}
 {{- define "fanout.leaseName" -}}
-{{- default (printf "%s-leader" (include "fanout.fullname" .)) .Values.leaderElection.leaseName }}
+{{- default (printf "%s-leader" (include "fanout.fullname" . | trunc 56 | trimSuffix "-")) .Values.leaderElection.leaseName }}
 {{- end }}
 
 {{/*
