@@ -1134,7 +1134,7 @@ async fn helm_install_creates_what_the_chart_promises() {
     for hint in [
         format!("kubectl -n {} rollout status deployment/{name}", ns.name()),
         format!("kubectl -n {} rollout restart deployment/{name}", ns.name()),
-        "grep phase=".to_owned(),
+        "shutdown phase".to_owned(),
         "/readyz?verbose".to_owned(),
         format!("port-forward service/{name} 8080:metrics"),
         "/metrics".to_owned(),
