@@ -2,6 +2,9 @@
 //! kubeconfig with `--admin-addr 127.0.0.1:0` and JSON logs, so the test
 //! learns the bound port from the log instead of racing for a free one.
 
+// Shared by several test binaries, each of which uses only a part.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -3,6 +3,9 @@
 //! through untouched. It lets a test observe states that a healthy API server
 //! makes too brief to see (caches not yet synced, writes hanging during a drain).
 
+// Shared by several test binaries, each of which uses only a part.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

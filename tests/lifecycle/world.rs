@@ -2,6 +2,9 @@
 //! Secret, consenting target namespaces, and a label that ties the test's
 //! Fanouts to the test's own controllers (`--fanout-selector`).
 
+// Shared by several test binaries, each of which uses only a part.
+#![allow(dead_code)]
+
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
