@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::{ByteString, NamespaceResourceScope};
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -41,6 +41,10 @@ pub const OWNER_UID: &str = "fanout.dev/fanout-uid";
 pub const CONTENT_HASH: &str = "fanout.dev/content-hash";
 /// Annotation naming the source, for people reading the copy.
 pub const SOURCE: &str = "fanout.dev/source";
+/// Annotation holding when the controller last wrote the copy: the target's
+/// `lastSyncTime`, kept on the copy so it survives restarts and does not
+/// change the status when a pass finds the copy already true.
+pub const SYNCED_AT: &str = "fanout.dev/synced-at";
 
 /// Secret type that is never copied: a token is bound to the service account
 /// of its own namespace, and a copy would hand that identity to another.
@@ -162,7 +166,14 @@ impl Content {
 
 /// A kind that can be copied: Secret or ConfigMap.
 pub trait CopyKind:
-    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
 {
     /// The kind as the Fanout spec names it.
     const KIND: SourceKind;

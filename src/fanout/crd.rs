@@ -11,8 +11,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
+
+// Formats are checked with OpenAPI `pattern`s rather than CEL: patterns cost
+// nothing against the CRD's CEL budget, and the API server's message names
+// the field, the offending value and the expected pattern.
 
 /// RFC 1123 label (namespace names): what `targets.namespaces` and `exclude` hold.
 const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
@@ -51,9 +55,7 @@ pub struct FanoutSpec {
     pub targets: Targets,
     /// Name of the copies; defaults to the source's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
-    #[x_kube(validation = Rule::new(format!("self.matches('{DNS_SUBDOMAIN}')"))
-        .message("copyName must be a valid object name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub copy_name: Option<String>,
     /// What to do when a target already holds an object of the copy's name
     /// that this Fanout did not make.
@@ -76,9 +78,7 @@ pub struct SourceRef {
     /// `Secret` or `ConfigMap`.
     pub kind: SourceKind,
     /// Its name, in the Fanout's namespace.
-    #[schemars(length(min = 1, max = 253))]
-    #[x_kube(validation = Rule::new(format!("self.matches('{DNS_SUBDOMAIN}')"))
-        .message("source.name must be a valid object name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub name: String,
 }
 
@@ -109,9 +109,7 @@ impl SourceKind {
 pub struct Targets {
     /// Namespaces by name, kept in this order (duplicates dropped).
     #[serde(default)]
-    #[schemars(length(max = 10000), inner(length(min = 1, max = 63)))]
-    #[x_kube(validation = Rule::new(format!("self.all(n, n.matches('{DNS_LABEL}'))"))
-        .message("every entry of targets.namespaces must be a namespace name (DNS label): lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters"))]
+    #[schemars(length(max = 10000), inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
     pub namespaces: Vec<String>,
     /// Namespaces whose labels match, added after the explicit names in
     /// name order. An empty selector (`{}`) matches every namespace, as
@@ -120,9 +118,7 @@ pub struct Targets {
     pub selector: Option<NamespaceSelector>,
     /// Namespaces never targeted, whichever way they were named.
     #[serde(default)]
-    #[schemars(length(max = 10000), inner(length(min = 1, max = 63)))]
-    #[x_kube(validation = Rule::new(format!("self.all(n, n.matches('{DNS_LABEL}'))"))
-        .message("every entry of targets.exclude must be a namespace name (DNS label): lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters"))]
+    #[schemars(length(max = 10000), inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)))]
     pub exclude: Vec<String>,
 }
 
@@ -133,11 +129,7 @@ pub struct Targets {
 pub struct NamespaceSelector {
     /// Labels that must all be present with these values.
     #[serde(default)]
-    #[schemars(extend("maxProperties" = 64))]
-    #[x_kube(validation = Rule::new(format!("self.all(k, k.matches('{LABEL_KEY}'))"))
-        .message("matchLabels keys must be label keys: an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.'"))]
-    #[x_kube(validation = Rule::new(format!("self.all(k, self[k].matches('{LABEL_VALUE}'))"))
-        .message("matchLabels values must be label values: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
+    #[schemars(schema_with = "match_labels_schema")]
     pub match_labels: BTreeMap<String, String>,
     /// Set-based requirements that must all hold.
     #[serde(default)]
@@ -151,6 +143,21 @@ const LABEL_KEY: &str = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[
 /// Label values: empty, or at most 63 characters bounded by alphanumerics.
 const LABEL_VALUE: &str = "^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
 
+/// `matchLabels`: values are checked by pattern; keys, which OpenAPI
+/// cannot pattern-check, by a CEL rule (bounded by `maxProperties`).
+fn match_labels_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Labels that must all be present with these values.",
+        "type": "object",
+        "maxProperties": 32,
+        "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE},
+        "x-kubernetes-validations": [{
+            "rule": format!("self.all(k, k.size() <= 317 && k.matches('{LABEL_KEY}'))"),
+            "message": "matchLabels keys must be label keys: an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.'",
+        }],
+    })
+}
+
 /// One set-based requirement of a [`NamespaceSelector`].
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -158,17 +165,13 @@ const LABEL_VALUE: &str = "^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
     .message("In and NotIn need at least one value; Exists and DoesNotExist take no values"))]
 pub struct SelectorRequirement {
     /// The label key.
-    #[schemars(length(min = 1, max = 317))]
-    #[x_kube(validation = Rule::new(format!("self.matches('{LABEL_KEY}')"))
-        .message("key must be a label key: an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.'"))]
+    #[schemars(length(min = 1, max = 317), regex(pattern = LABEL_KEY))]
     pub key: String,
     /// How the key relates to the values.
     pub operator: SelectorOperator,
     /// Values for `In` and `NotIn`.
     #[serde(default)]
-    #[schemars(length(max = 64), inner(length(max = 63)))]
-    #[x_kube(validation = Rule::new(format!("self.all(v, v.matches('{LABEL_VALUE}'))"))
-        .message("values must be label values: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
+    #[schemars(length(max = 64), inner(length(max = 63), regex(pattern = LABEL_VALUE)))]
     pub values: Vec<String>,
 }
 

@@ -1,10 +1,220 @@
-//! The Fanout controller: the custom resource and everything that reconciles it.
+//! The Fanout controller: the custom resource and everything that reconciles
+//! it, plugged into the [`runtime`](crate::runtime) through [`run`].
+//!
+//! Modules, from the resource inwards:
+//! - [`crd`]: the `Fanout` resource, its status, the CRD and its admission rules;
+//! - pure decisions, unit-tested: [`targets`] (resolution order), [`consent`],
+//!   [`copy`] (content, ownership labels, hash), [`plan`] (conflict policy and
+//!   the write a target needs), [`status`] (summary, capped ordered list,
+//!   `Ready`), [`events`] (what changed);
+//! - cluster plumbing: [`watches`] (caches and reconcile requests),
+//!   [`sources`] (one by-name watch per source), [`context`] (what reconciles
+//!   share), [`running`] (cancel a running pass), [`queue`], [`metrics`],
+//!   [`readiness`];
+//! - the work: [`reconcile`] (leadership gate, finalizer) → [`pass`] (source,
+//!   targets, the ordered batch of [`write`]s, pruning) with the coalescing
+//!   [`status_writer`]; [`cleanup`] and [`prune`] delete copies; [`retry`]
+//!   classifies API errors.
+//!
+//! Data flow: watch events → [`ObjectRef`]s → kube-runtime's scheduler
+//! (dedup, requeues) → at most `--concurrency` reconciles → one ordered batch
+//! per Fanout, each target write under the global `--fanout-concurrency`
+//! semaphore and `--write-timeout` → outcomes in resolution order → a status
+//! snapshot → written at most once per `--status-interval` and once at the end.
 
+pub mod cleanup;
 pub mod consent;
+pub mod context;
 pub mod copy;
 pub mod crd;
+pub mod events;
+pub mod metrics;
+pub mod pass;
 pub mod plan;
+pub mod prune;
+pub mod queue;
+pub mod readiness;
+pub mod reconcile;
+pub mod retry;
+pub mod running;
+pub mod settings;
+pub mod sources;
 pub mod status;
+pub mod status_writer;
 pub mod targets;
+pub mod watches;
+pub mod write;
+
+use std::convert::Infallible;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::utils::CancelableJoinHandle;
+use kube::runtime::{applier, controller};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::runtime::Handles;
+use context::Context;
+use metrics::FanoutMetrics;
+use queue::QueueDepth;
+use running::Running;
+use sources::SourceWatches;
+use watches::Watches;
 
 pub use crd::{Fanout, FanoutSpec, FanoutStatus, crd_yaml};
+pub use settings::{Settings, WriteDelay};
+
+/// How long the controller loop may stay silent before `/livez` fails.
+const HEARTBEAT_ALLOWANCE: Duration = Duration::from_secs(60);
+/// How often the loop beats while idle.
+const HEARTBEAT_TICK: Duration = Duration::from_secs(5);
+/// After the drain deadline, how long to wait for cancelled reconciles to
+/// notice before dropping them outright.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+/// Errors that stop the controller before it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The controller's metrics could not be registered (a name clash).
+    #[error("cannot register the controller's metrics")]
+    Metrics(#[source] prometheus::Error),
+}
+
+/// Runs the Fanout controller until a drain completes.
+///
+/// - Watches run and caches fill whether or not this process leads; only the
+///   leader reconciles, and becoming leader requests every Fanout.
+/// - Readiness checks `crd-served` and `caches-synced` follow the cluster;
+///   the heartbeat `fanout-controller` beats from the controller loop.
+/// - On `drain`: no reconcile starts, running passes launch no new target,
+///   writes in flight finish, each interrupted Fanout gets its final ordered
+///   status (finished targets with their result, the rest `Pending`), then
+///   this returns.
+/// - On `abort`: running passes drop their writes (each abandoned target is
+///   logged) and this returns within a couple of seconds.
+pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
+    let Handles {
+        client,
+        registry,
+        health,
+        leader,
+        drain,
+        abort,
+    } = handles;
+    let metrics = FanoutMetrics::register(&registry).map_err(Error::Metrics)?;
+    let heartbeat = health.heartbeat("fanout-controller", HEARTBEAT_ALLOWANCE);
+    let running = Running::default();
+    let (fanout_store, fanout_writer) = reflector::store();
+    let (source_requests, source_receiver) = futures::channel::mpsc::unbounded();
+    let sources = SourceWatches::new(
+        client.clone(),
+        fanout_store.clone(),
+        running.clone(),
+        source_requests,
+        drain.child_token(),
+    );
+    let watches = Watches::new(
+        &client,
+        settings.fanout_selector.as_deref(),
+        sources,
+        metrics.clone(),
+        (fanout_store.clone(), fanout_writer),
+    );
+    let stores = watches.stores.clone();
+    let queue = QueueDepth::new(metrics.clone());
+    let reporter = Reporter {
+        controller: "fanout-controller".to_owned(),
+        instance: settings.instance.clone(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        writes: Semaphore::new(settings.fanout_concurrency.get()),
+        stores: stores.clone(),
+        metrics,
+        recorder: Recorder::new(client.clone(), reporter),
+        running: running.clone(),
+        leader: leader.clone(),
+        drain: drain.clone(),
+        abort: abort.clone(),
+        queue: queue.clone(),
+        settings: settings.clone(),
+    });
+
+    let background = TaskTracker::new();
+    background.spawn(readiness::track_crd_served(
+        client.clone(),
+        health.readiness_check("crd-served"),
+        drain.clone(),
+    ));
+    background.spawn(readiness::track_caches_synced(
+        stores.clone(),
+        health.readiness_check("caches-synced"),
+        drain.clone(),
+    ));
+    background.close();
+
+    let requests = watches
+        .requests([
+            source_receiver.boxed(),
+            watches::leadership_requests(leader, fanout_store.clone(), running),
+        ])
+        .inspect(move |request: &ObjectRef<Fanout>| queue.requested(request))
+        .map(Ok::<_, Infallible>)
+        .take_until(drain.clone().cancelled_owned());
+    let concurrency = u16::try_from(settings.concurrency.get()).unwrap_or(u16::MAX);
+    let mut reconciles = pin!(applier(
+        |fanout, ctx| CancelableJoinHandle::spawn(
+            reconcile::reconcile(fanout, ctx),
+            &Handle::current()
+        ),
+        reconcile::error_policy,
+        ctx,
+        fanout_store.clone(),
+        requests,
+        controller::Config::default().concurrency(concurrency),
+    ));
+
+    info!(selector = ?settings.fanout_selector, "Fanout controller started");
+    let mut tick = tokio::time::interval(HEARTBEAT_TICK);
+    let mut draining = false;
+    let abort_grace = tokio::time::sleep(Duration::MAX);
+    let mut abort_grace = pin!(abort_grace);
+    loop {
+        tokio::select! {
+            next = reconciles.next() => match next {
+                Some(Ok((fanout, action))) => debug!(%fanout, ?action, "reconciled"),
+                Some(Err(error)) => debug!(error = %reconcile::chain(&error), "reconcile did not complete"),
+                None => break,
+            },
+            _ = tick.tick() => {}
+            () = drain.cancelled(), if !draining => {
+                draining = true;
+                info!("drain: no new reconcile starts; waiting for running ones");
+                // Before the Fanout cache has listed, no reconcile can have
+                // started, and kube-runtime's runner would wait for the cache
+                // forever: there is nothing to wait for.
+                if fanout_store.wait_until_ready().now_or_never().is_none() {
+                    break;
+                }
+            }
+            () = abort.cancelled(), if abort_grace.is_elapsed() || !abort.is_cancelled() => {
+                abort_grace.as_mut().reset(tokio::time::Instant::now() + ABORT_GRACE);
+            }
+            () = &mut abort_grace => {
+                warn!("drain deadline passed: dropping the reconciles still running");
+                break;
+            }
+        }
+        heartbeat.beat();
+    }
+    background.wait().await;
+    info!("Fanout controller stopped");
+    Ok(())
+}

@@ -18,7 +18,7 @@ pub struct Found {
 }
 
 /// A write that changes a target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Operation {
     /// Nothing there yet.
     Create,

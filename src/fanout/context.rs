@@ -1,0 +1,117 @@
+//! What every reconcile shares: the client, the caches, the global write
+//! cap, metrics, the event recorder, and the runtime's leader and drain
+//! signals.
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::Client;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::consent::ConsentRule;
+use super::copy::{CopyKind, Owner};
+use super::crd::Fanout;
+use super::metrics::FanoutMetrics;
+use super::queue::QueueDepth;
+use super::running::Running;
+use super::settings::Settings;
+
+/// The controller's caches. Memory is bounded by what the controller owns or
+/// needs, never by the cluster's unrelated Secrets: Fanouts, namespace
+/// *metadata*, and copies selected by the `fanout.dev/managed-by` label.
+#[derive(Clone)]
+pub struct Stores {
+    /// Fanouts (within the optional selector).
+    pub fanouts: Store<Fanout>,
+    /// Namespace metadata (labels for selectors and consent).
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Secrets made by any Fanout.
+    pub secrets: Store<Secret>,
+    /// ConfigMaps made by any Fanout.
+    pub config_maps: Store<ConfigMap>,
+}
+
+impl Stores {
+    /// Waits until every cache has listed once; `false` if one can never be
+    /// (its watch was dropped).
+    pub async fn ready(&self) -> bool {
+        self.fanouts.wait_until_ready().await.is_ok()
+            && self.namespaces.wait_until_ready().await.is_ok()
+            && self.secrets.wait_until_ready().await.is_ok()
+            && self.config_maps.wait_until_ready().await.is_ok()
+    }
+}
+
+/// A copyable kind whose copies are cached.
+pub trait Cached: CopyKind {
+    /// The cache of this kind's copies.
+    fn cache(stores: &Stores) -> &Store<Self>;
+}
+
+impl Cached for Secret {
+    fn cache(stores: &Stores) -> &Store<Self> {
+        &stores.secrets
+    }
+}
+
+impl Cached for ConfigMap {
+    fn cache(stores: &Stores) -> &Store<Self> {
+        &stores.config_maps
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// Rate-limited client from the runtime.
+    pub client: Client,
+    /// Settings.
+    pub settings: Settings,
+    /// Caches.
+    pub stores: Stores,
+    /// Global cap on writes in flight (`--fanout-concurrency`), shared by
+    /// every reconcile so concurrent Fanouts cannot multiply it.
+    pub writes: Semaphore,
+    /// Metrics.
+    pub metrics: FanoutMetrics,
+    /// Publishes Events on Fanouts.
+    pub recorder: Recorder,
+    /// Running reconciles, to cancel one.
+    pub running: Running,
+    /// `true` while this process holds the lease.
+    pub leader: watch::Receiver<bool>,
+    /// First signal: stop launching work.
+    pub drain: CancellationToken,
+    /// Drain deadline: drop running work.
+    pub abort: CancellationToken,
+    /// Queue depth bookkeeping.
+    pub queue: QueueDepth,
+}
+
+impl Context {
+    /// Whether this process may write now.
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    /// The consent rule in force.
+    pub fn consent(&self) -> ConsentRule {
+        if self.settings.require_consent {
+            ConsentRule::Required
+        } else {
+            ConsentRule::NotRequired
+        }
+    }
+
+    /// Whether the Fanout named in a copy's labels still exists (with that uid).
+    ///
+    /// Only Fanouts this instance watches are known; one outside its selector
+    /// counts as gone, so shards must not target the same copies.
+    pub fn fanout_exists(&self, owner: &Owner) -> bool {
+        self.stores
+            .fanouts
+            .get(&ObjectRef::new(&owner.name).within(&owner.namespace))
+            .is_some_and(|f| f.metadata.uid.as_deref() == Some(owner.uid.as_str()))
+    }
+}

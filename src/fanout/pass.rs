@@ -1,0 +1,459 @@
+//! One reconcile pass of a live Fanout: read the source by name, resolve
+//! the targets, copy into every accepted target through the ordered batch,
+//! prune, and write the status in resolution order as results arrive.
+//!
+//! Shutdown and cancellation, as a pass sees them:
+//! - **drain** (first signal): the batch starts no new target; writes in
+//!   flight finish (each within `--write-timeout`); the final status lists
+//!   finished targets with their result and the rest `Pending`, in order,
+//!   with `Ready=False/Interrupted`. Pruning is skipped.
+//! - **cancel** (source deleted, leadership lost, drain deadline): writes in
+//!   flight are dropped at once and logged by target; no final status is
+//!   written (the next pass, or the next leader, writes its own).
+
+use std::collections::{BTreeMap, HashSet};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::consent::ConsentRule;
+use super::context::{Cached, Context};
+use super::copy::{OWNER_UID, Owner};
+use super::crd::{Fanout, FanoutStatus, SourceKind, TargetState, TargetStatus};
+use super::events;
+use super::plan::Operation;
+use super::prune;
+use super::reconcile::chain;
+use super::retry;
+use super::status::{self, Verdict};
+use super::status_writer::{StatusError, StatusWriter};
+use super::targets::{self, NamespaceView};
+use super::write::{CopyJob, Done, Writer, describe};
+use crate::runtime::batch::{self, BatchOptions, ItemOutcome};
+
+/// A pass that failed and will be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// The source could not be read (not: it does not exist).
+    #[error("cannot read {object}")]
+    ReadSource {
+        /// The source, e.g. `secret platform/regcred`.
+        object: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Reading the source took longer than the write timeout.
+    #[error("reading {object} timed out after {after:?}")]
+    ReadSourceTimeout {
+        /// The source.
+        object: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The final status could not be written.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    /// Cleanup could not delete every copy (the finalizer stays).
+    #[error("{remaining} copies of Fanout {fanout} are not deleted yet")]
+    CleanupUnfinished {
+        /// The Fanout.
+        fanout: String,
+        /// Copies left.
+        remaining: usize,
+    },
+    /// Listing the copies to clean up failed.
+    #[error("cannot list the copies of Fanout {fanout}")]
+    ListCopies {
+        /// The Fanout.
+        fanout: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Runs a pass for a Fanout that is not being deleted.
+pub async fn run(
+    ctx: &Context,
+    fanout: Arc<Fanout>,
+    cancel: &CancellationToken,
+) -> Result<Action, PassError> {
+    match fanout.spec.source.kind {
+        SourceKind::Secret => Pass::new(ctx, fanout, cancel).run::<Secret>().await,
+        SourceKind::ConfigMap => Pass::new(ctx, fanout, cancel).run::<ConfigMap>().await,
+    }
+}
+
+/// What one target needs in this pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    /// Make the copy true.
+    Sync,
+    /// The namespace does not consent: remove our copy.
+    Remove,
+}
+
+struct Pass<'a> {
+    ctx: &'a Context,
+    fanout: Arc<Fanout>,
+    cancel: &'a CancellationToken,
+    namespace: String,
+    uid: String,
+    previous: FanoutStatus,
+}
+
+impl<'a> Pass<'a> {
+    fn new(ctx: &'a Context, fanout: Arc<Fanout>, cancel: &'a CancellationToken) -> Self {
+        Self {
+            ctx,
+            namespace: fanout.namespace().unwrap_or_default(),
+            uid: fanout.uid().unwrap_or_default(),
+            previous: fanout.status.clone().unwrap_or_default(),
+            fanout,
+            cancel,
+        }
+    }
+
+    async fn run<K: Cached>(&self) -> Result<Action, PassError> {
+        let source_name = &self.fanout.spec.source.name;
+        let Some(source) = self.read_source::<K>().await? else {
+            let object = describe::<K>(&self.namespace, source_name);
+            return self
+                .without_source(Verdict::SourceMissing(format!("{object} not found")))
+                .await;
+        };
+        if let Some(reason) = source.refusal() {
+            return self.without_source(Verdict::SourceRefused(reason)).await;
+        }
+        let resolved = match self.resolve() {
+            Ok(resolved) => resolved,
+            Err(invalid) => {
+                return self
+                    .without_source(Verdict::InvalidSpec(invalid.to_string()))
+                    .await;
+            }
+        };
+        let content = source.content();
+        let job = CopyJob::<K> {
+            owner: Owner {
+                namespace: self.namespace.clone(),
+                name: self.fanout.name_any(),
+                uid: self.uid.clone(),
+            },
+            policy: self.fanout.spec.conflict_policy,
+            hash: content.hash(),
+            content,
+            source_name: source_name.clone(),
+            copy_name: self.fanout.copy_name().to_owned(),
+            kind: PhantomData,
+        };
+        let (mut entries, work) = self.classify::<K>(&resolved, &job.copy_name);
+        let accepted: HashSet<&str> = work
+            .iter()
+            .filter(|(_, w)| *w == Work::Sync)
+            .map(|(i, _)| resolved[*i].as_str())
+            .collect();
+
+        let writer = StatusWriter::start(
+            self.api(),
+            self.fanout.name_any(),
+            self.ctx.settings.status_interval,
+            self.previous.clone(),
+        );
+        writer.publish(self.status(&entries, Some(&job.hash), &Verdict::Targets));
+        let mut writes: BTreeMap<Operation, usize> = BTreeMap::new();
+        let mut abandoned = Vec::new();
+        let options = BatchOptions::new(self.ctx.settings.fanout_concurrency)
+            .stop_on(self.ctx.drain.clone())
+            .abort_on(self.cancel.clone());
+        let target_writer = Writer::new(self.ctx);
+        let (target_writer, job_ref) = (&target_writer, &job);
+        let mut outcomes = batch::ordered(work.iter(), options, |_, (index, work)| {
+            let namespace = resolved[*index].as_str();
+            async move {
+                match work {
+                    Work::Sync => target_writer.sync(job_ref, namespace).await,
+                    Work::Remove => {
+                        self.remove::<K>(target_writer, &job_ref.copy_name, namespace)
+                            .await
+                    }
+                }
+            }
+        });
+        while let Some((item, outcome)) = outcomes.next().await {
+            let (index, work) = work[item];
+            let entry = &mut entries[index];
+            match outcome {
+                ItemOutcome::Succeeded(done) => {
+                    if let Some(operation) = done.operation {
+                        *writes.entry(operation).or_default() += 1;
+                    }
+                    if work == Work::Sync {
+                        *entry = done.status;
+                    }
+                }
+                ItemOutcome::Failed(error) => *entry = failed(&entry.namespace, chain(&error)),
+                ItemOutcome::TimedOut { after } => {
+                    *entry = failed(&entry.namespace, format!("no answer within {after:?}"));
+                }
+                ItemOutcome::DeadlineExceeded => {
+                    *entry = failed(&entry.namespace, "pass deadline passed".into())
+                }
+                ItemOutcome::Aborted => abandoned.push(entry.namespace.clone()),
+                ItemOutcome::NotStarted(_) => {}
+            }
+            writer.publish(self.status(&entries, Some(&job.hash), &Verdict::Targets));
+        }
+        drop(outcomes);
+
+        if self.cancel.is_cancelled() {
+            for namespace in &abandoned {
+                warn!(target_namespace = %namespace, "abandoned the write of this target");
+            }
+            info!(
+                abandoned = abandoned.len(),
+                "pass cancelled; the next pass writes the status"
+            );
+            return Ok(Action::await_change());
+        }
+        let interrupted = self.ctx.drain.is_cancelled()
+            && entries.iter().any(|e| e.state == TargetState::Pending);
+        let mut prune_left = 0;
+        if !interrupted && self.fanout.spec.prune {
+            let stale = prune::cached_copies(self.ctx, &self.uid, |c| {
+                c.kind == K::KIND
+                    && c.name == job.copy_name
+                    && accepted.contains(c.namespace.as_str())
+            });
+            let deleted = prune::delete_all(self.ctx, stale, self.cancel).await;
+            *writes.entry(Operation::Delete).or_default() += deleted.deleted;
+            prune_left = deleted.remaining;
+        }
+        let verdict = if interrupted {
+            Verdict::Interrupted
+        } else {
+            Verdict::Targets
+        };
+        let last = self.status(&entries, Some(&job.hash), &verdict);
+        writer.finish(last.clone()).await?;
+        self.finished(&last, &writes).await;
+        Ok(self.next_action(&last, interrupted || prune_left > 0))
+    }
+
+    /// The source, by name; `None` if it does not exist.
+    async fn read_source<K: Cached>(&self) -> Result<Option<K>, PassError> {
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let name = &self.fanout.spec.source.name;
+        let object = || describe::<K>(&self.namespace, name);
+        let timeout = self.ctx.settings.write_timeout;
+        match tokio::time::timeout(timeout, api.get_opt(name)).await {
+            Ok(Ok(source)) => Ok(source),
+            Ok(Err(source)) => Err(PassError::ReadSource {
+                object: object(),
+                source,
+            }),
+            Err(_) => Err(PassError::ReadSourceTimeout {
+                object: object(),
+                after: timeout,
+            }),
+        }
+    }
+
+    fn resolve(&self) -> Result<Vec<String>, targets::InvalidSelector> {
+        let namespaces = self.ctx.stores.namespaces.state();
+        let views = namespaces.iter().map(|ns| NamespaceView {
+            name: ns.metadata.name.as_deref().unwrap_or_default(),
+            labels: ns.labels(),
+            terminating: ns.metadata.deletion_timestamp.is_some(),
+        });
+        targets::resolve(&self.fanout.spec.targets, &self.namespace, views)
+    }
+
+    /// Initial entries (Pending, or decided without a write) and the work
+    /// list `(entry index, work)`, both in resolution order.
+    fn classify<K: Cached>(
+        &self,
+        resolved: &[String],
+        copy_name: &str,
+    ) -> (Vec<TargetStatus>, Vec<(usize, Work)>) {
+        let consent = self.ctx.consent();
+        let mut entries = Vec::with_capacity(resolved.len());
+        let mut work = Vec::new();
+        for (index, target) in resolved.iter().enumerate() {
+            let Some(namespace) = self.ctx.stores.namespaces.get(&ObjectRef::new(target)) else {
+                entries.push(failed(target, format!("namespace {target} does not exist")));
+                continue;
+            };
+            if namespace.metadata.deletion_timestamp.is_some() {
+                entries.push(failed(
+                    target,
+                    format!("namespace {target} is being deleted"),
+                ));
+            } else if consent.accepts(namespace.labels(), namespace.annotations(), &self.namespace)
+            {
+                entries.push(pending(target));
+                work.push((index, Work::Sync));
+            } else {
+                entries.push(refused(target, &self.namespace));
+                if self.owns_copy::<K>(target, copy_name) {
+                    work.push((index, Work::Remove));
+                }
+            }
+        }
+        (entries, work)
+    }
+
+    fn owns_copy<K: Cached>(&self, namespace: &str, name: &str) -> bool {
+        K::cache(&self.ctx.stores)
+            .get(&ObjectRef::new(name).within(namespace))
+            .is_some_and(|c| c.labels().get(OWNER_UID) == Some(&self.uid))
+    }
+
+    /// Removes our copy from a namespace that withdrew its consent.
+    async fn remove<K: Cached>(
+        &self,
+        writer: &Writer<'_>,
+        copy_name: &str,
+        namespace: &str,
+    ) -> Result<Done, super::write::WriteError> {
+        let uid = K::cache(&self.ctx.stores)
+            .get(&ObjectRef::new(copy_name).within(namespace))
+            .and_then(|c| c.uid());
+        let deleted = writer.delete::<K>(namespace, copy_name, uid).await?;
+        if deleted {
+            info!(target_namespace = %namespace, "namespace does not consent: removed its copy");
+        }
+        Ok(Done {
+            status: refused(namespace, &self.namespace),
+            operation: deleted.then_some(Operation::Delete),
+        })
+    }
+
+    /// The source is gone or may not be copied, or the spec cannot be
+    /// evaluated: no targets; with `prune`, a missing or refused source's
+    /// copies are deleted (a spec error deletes nothing).
+    async fn without_source(&self, verdict: Verdict) -> Result<Action, PassError> {
+        let mut writes = BTreeMap::new();
+        if self.fanout.spec.prune && !matches!(verdict, Verdict::InvalidSpec(_)) {
+            let copies = prune::cached_copies(self.ctx, &self.uid, |_| false);
+            writes = prune::delete_all(self.ctx, copies, self.cancel)
+                .await
+                .writes();
+        }
+        if self.cancel.is_cancelled() {
+            return Ok(Action::await_change());
+        }
+        let last = self.status(&[], None, &verdict);
+        let writer = StatusWriter::start(
+            self.api(),
+            self.fanout.name_any(),
+            self.ctx.settings.status_interval,
+            self.previous.clone(),
+        );
+        writer.finish(last.clone()).await?;
+        self.finished(&last, &writes).await;
+        // The source watch requests a pass when the source appears; the
+        // resync is only a safety net. No hot loop while it is missing.
+        Ok(Action::requeue(retry::jittered(
+            self.ctx.settings.resync_interval,
+        )))
+    }
+
+    fn status(
+        &self,
+        entries: &[TargetStatus],
+        hash: Option<&str>,
+        verdict: &Verdict,
+    ) -> FanoutStatus {
+        let now = Time(Timestamp::now());
+        status::assemble(status::Input {
+            generation: self.fanout.metadata.generation,
+            source_hash: hash,
+            entries,
+            verdict,
+            previous_conditions: &self.previous.conditions,
+            max_targets: self.ctx.settings.max_status_targets,
+            now: &now,
+        })
+    }
+
+    /// After the final status: metrics and Events.
+    async fn finished(&self, last: &FanoutStatus, writes: &BTreeMap<Operation, usize>) {
+        self.ctx.metrics.set_summary(&self.uid, Some(last.summary));
+        let notices = events::changes(&self.previous, last, writes);
+        debug!(summary = ?last.summary, "pass finished");
+        events::publish(&self.ctx.recorder, &self.fanout, notices).await;
+    }
+
+    fn next_action(&self, last: &FanoutStatus, retry_soon: bool) -> Action {
+        let summary = last.summary;
+        let settings = &self.ctx.settings;
+        if self.ctx.drain.is_cancelled() {
+            Action::await_change()
+        } else if retry_soon || summary.failed > 0 || summary.conflict > 0 {
+            // Conflicts converge once the blocker is gone, without an event
+            // for it (unlabelled objects are not watched).
+            Action::requeue(retry::jittered(settings.retry_interval))
+        } else {
+            Action::requeue(retry::jittered(settings.resync_interval))
+        }
+    }
+
+    fn api(&self) -> Api<Fanout> {
+        Api::namespaced(self.ctx.client.clone(), &self.namespace)
+    }
+}
+
+fn entry(namespace: &str, state: TargetState, message: Option<String>) -> TargetStatus {
+    TargetStatus {
+        namespace: namespace.to_owned(),
+        state,
+        hash: None,
+        message,
+        last_sync_time: None,
+    }
+}
+
+fn pending(namespace: &str) -> TargetStatus {
+    entry(namespace, TargetState::Pending, None)
+}
+
+fn failed(namespace: &str, message: String) -> TargetStatus {
+    entry(namespace, TargetState::Failed, Some(message))
+}
+
+fn refused(namespace: &str, source_namespace: &str) -> TargetStatus {
+    entry(
+        namespace,
+        TargetState::Refused,
+        Some(ConsentRule::refusal_message(namespace, source_namespace)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_entries_explain_how_to_consent() {
+        let entry = refused("team-a", "platform");
+        assert_eq!(entry.state, TargetState::Refused);
+        assert!(
+            entry
+                .message
+                .unwrap()
+                .contains("fanout.dev/accept-from.platform=\"true\"")
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! The controller's settings: what the flags decide, plus a few knobs with
+//! defaults that the binary does not (yet) expose as flags.
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::status::DEFAULT_MAX_TARGETS;
+
+/// How the Fanout controller behaves. [`Settings::default`] matches the
+/// documented flag defaults.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Copy only into namespaces that consent by label (`--require-consent`).
+    pub require_consent: bool,
+    /// Fanouts reconciled at once (`--concurrency`).
+    pub concurrency: NonZeroUsize,
+    /// Target writes in flight at once across all Fanouts (`--fanout-concurrency`).
+    pub fanout_concurrency: NonZeroUsize,
+    /// Deadline of each single API write (`--write-timeout`).
+    pub write_timeout: Duration,
+    /// Least time between two status writes of one Fanout (`--status-interval`).
+    pub status_interval: Duration,
+    /// How soon a Fanout with Failed or Conflict targets is looked at again,
+    /// so it converges once the blocker is gone without any event for it
+    /// (an unlabelled blocker is not watched: that would mean watching every
+    /// Secret).
+    pub retry_interval: Duration,
+    /// How often every Fanout is reconciled even without events: a safety
+    /// net for events lost while a watch was down.
+    pub resync_interval: Duration,
+    /// Most target entries written to one status (see `FanoutStatus`).
+    pub max_status_targets: usize,
+    /// Reconcile only Fanouts matching this label selector: lets several
+    /// controller instances share one cluster (shards, or tests running side
+    /// by side), each owning its own Fanouts.
+    pub fanout_selector: Option<String>,
+    /// Name of this instance in Events (`reportingInstance`), e.g. the pod name.
+    pub instance: Option<String>,
+    /// **Tests only**: an extra delay before each target write, by target
+    /// namespace, to make write latencies random and prove that the status
+    /// stays in resolution order whatever order writes finish in. The delay
+    /// counts against `write_timeout`, like a slow API server would. Never
+    /// set by the binary.
+    pub test_write_delay: Option<WriteDelay>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            require_consent: true,
+            concurrency: NonZeroUsize::new(4).unwrap_or(NonZeroUsize::MIN),
+            fanout_concurrency: NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN),
+            write_timeout: Duration::from_secs(10),
+            status_interval: Duration::from_secs(1),
+            retry_interval: Duration::from_secs(30),
+            resync_interval: Duration::from_secs(600),
+            max_status_targets: DEFAULT_MAX_TARGETS,
+            fanout_selector: None,
+            instance: None,
+            test_write_delay: None,
+        }
+    }
+}
+
+/// A per-namespace write delay; see [`Settings::test_write_delay`].
+#[derive(Clone)]
+pub struct WriteDelay(Arc<dyn Fn(&str) -> Duration + Send + Sync>);
+
+impl WriteDelay {
+    /// Delays each write into namespace `ns` by `delay(ns)`.
+    pub fn new(delay: impl Fn(&str) -> Duration + Send + Sync + 'static) -> Self {
+        Self(Arc::new(delay))
+    }
+
+    /// The delay for a write into `namespace`.
+    pub fn for_namespace(&self, namespace: &str) -> Duration {
+        (self.0)(namespace)
+    }
+}
+
+impl fmt::Debug for WriteDelay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WriteDelay(..)")
+    }
+}

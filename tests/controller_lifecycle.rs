@@ -1,0 +1,231 @@
+//! Sources and Fanouts coming and going: a missing source is a condition and
+//! an Event, not a hot loop; a deleted source cancels the running pass and,
+//! with prune, removes the copies; deleting a Fanout removes every copy,
+//! also when the controller is killed half-way through the cleanup; only
+//! the leader reconciles.
+
+mod controller_harness;
+mod support;
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use controller_harness::{World, names, ready_reason};
+use fanout::fanout::WriteDelay;
+use fanout::fanout::crd::TargetState;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, ListParams};
+
+#[tokio::test]
+async fn a_missing_source_is_reported_once_and_picked_up_when_it_appears() {
+    let mut world = World::new("missing").await;
+    let target = world.consenting("target").await;
+    let controller = world.start(world.settings());
+    world
+        .create(&world.fanout("waiting", "not-yet", names(&[&target])))
+        .await;
+    let reported = world
+        .wait_fanout("SourceMissing", "the SourceMissing condition", |f| {
+            ready_reason(f).as_deref() == Some("SourceMissing")
+        })
+        .await;
+    let condition = &reported.status.as_ref().unwrap().conditions[0];
+    assert_eq!(condition.status, "False");
+    assert!(
+        condition.message.contains("not-yet"),
+        "{}",
+        condition.message
+    );
+    assert_eq!(condition.observed_generation, reported.metadata.generation);
+    let events = world.events("waiting").await;
+    assert!(
+        events.iter().any(|e| e.starts_with("SourceMissing: ")),
+        "{events:?}"
+    );
+
+    // No hot loop: nothing is reconciled or written while nothing changes.
+    let reconciles = controller.metric("fanout_reconciles_total", &["ok"]);
+    let version = world
+        .fanouts()
+        .get("waiting")
+        .await
+        .unwrap()
+        .resource_version();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        controller.metric("fanout_reconciles_total", &["ok"]),
+        reconciles
+    );
+    assert_eq!(
+        world
+            .fanouts()
+            .get("waiting")
+            .await
+            .unwrap()
+            .resource_version(),
+        version
+    );
+    assert_eq!(
+        controller.metric("fanout_reconciles_total", &["error"]),
+        0.0
+    );
+
+    // The source appears: its watch brings the Fanout to Synced.
+    world.secret("not-yet", &[("k", "v")]).await;
+    world.wait_synced("waiting", 1).await;
+    world.delete_fanout("waiting").await;
+    controller.drain().await;
+}
+
+#[tokio::test]
+async fn deleting_the_source_cancels_the_running_pass_and_prunes_the_copies() {
+    let mut world = World::new("srcdel").await;
+    let mut targets = Vec::new();
+    for i in 0..16 {
+        targets.push(world.consenting(&format!("t{i}")).await);
+    }
+    world.secret("doomed", &[("k", "v")]).await;
+    let mut settings = world.settings();
+    settings.fanout_concurrency = NonZeroUsize::new(2).unwrap();
+    settings.test_write_delay = Some(WriteDelay::new(|_| Duration::from_millis(400)));
+    let controller = world.start(settings);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    world
+        .create(&world.fanout("doomed", "doomed", names(&refs)))
+        .await;
+    // Let the pass get going (16 writes, 2 at a time, 0.4 s each: ~3 s).
+    support::eventually("the first copies", Duration::from_secs(30), || async {
+        (controller.metric("fanout_target_writes_total", &["create", "ok"]) >= 2.0).then_some(())
+    })
+    .await;
+    world
+        .secrets(world.src())
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    world
+        .wait_fanout("doomed", "SourceMissing", |f| {
+            ready_reason(f).as_deref() == Some("SourceMissing")
+        })
+        .await;
+    assert!(
+        controller.metric("fanout_reconciles_total", &["cancelled"]) >= 1.0,
+        "the pass was cancelled"
+    );
+    let created = controller.metric("fanout_target_writes_total", &["create", "ok"]);
+    assert!(
+        created < 16.0,
+        "the cancelled pass did not finish its {created} creates"
+    );
+    for ns in &targets {
+        world
+            .wait_secret(ns, "doomed", "the copy to be pruned with its source", |s| {
+                s.is_none()
+            })
+            .await;
+    }
+    let events = world.events("doomed").await;
+    assert!(
+        events.iter().any(|e| e.starts_with("SourceMissing: ")),
+        "{events:?}"
+    );
+    world.delete_fanout("doomed").await;
+    controller.drain().await;
+}
+
+#[tokio::test]
+async fn deleting_a_fanout_removes_its_copies_even_across_a_restart_mid_cleanup() {
+    let mut world = World::new("cleanup").await;
+    let mut targets = Vec::new();
+    for i in 0..10 {
+        targets.push(world.consenting(&format!("t{i}")).await);
+    }
+    world.secret("creds", &[("k", "v")]).await;
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let mut slow = world.settings();
+    slow.fanout_concurrency = NonZeroUsize::new(1).unwrap();
+    let first = world.start(slow.clone());
+    let fanout = world
+        .create(&world.fanout("cleanup", "creds", names(&refs)))
+        .await;
+    world.wait_synced("cleanup", 10).await;
+    first.drain().await;
+
+    // A controller whose deletes are slow starts the cleanup...
+    slow.test_write_delay = Some(WriteDelay::new(|_| Duration::from_millis(500)));
+    let slow_controller = world.start(slow);
+    world
+        .fanouts()
+        .delete("cleanup", &DeleteParams::default())
+        .await
+        .unwrap();
+    let copies = || async {
+        let selector = format!("fanout.dev/fanout-uid={}", fanout.uid().unwrap());
+        world
+            .secrets_all()
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap()
+            .items
+            .len()
+    };
+    support::eventually(
+        "the cleanup to be half-way",
+        Duration::from_secs(30),
+        || async {
+            let left = copies().await;
+            (left <= 7 && left > 0).then_some(())
+        },
+    )
+    .await;
+    // ... and dies without finishing it.
+    slow_controller.kill();
+    let stuck = world.fanouts().get("cleanup").await.unwrap();
+    assert!(stuck.finalizers().iter().any(|f| f == "fanout.dev/cleanup"));
+    assert!(stuck.metadata.deletion_timestamp.is_some());
+    let left = copies().await;
+    assert!(left > 0, "copies remain after the crash");
+
+    // A new controller finds the rest by label and finishes.
+    let second = world.start(world.settings());
+    world.delete_fanout("cleanup").await;
+    assert_eq!(copies().await, 0);
+    second.drain().await;
+}
+
+#[tokio::test]
+async fn a_standby_reconciles_nothing_until_it_becomes_leader() {
+    let mut world = World::new("standby").await;
+    let target = world.consenting("target").await;
+    world.secret("creds", &[("k", "v")]).await;
+    let controller = world.start(world.settings());
+    controller.leader.send_replace(false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    world
+        .create(&world.fanout("standby", "creds", names(&[&target])))
+        .await;
+    support::eventually(
+        "the standby's caches to sync",
+        Duration::from_secs(30),
+        || async { controller.health.readiness().ok.then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let untouched = world.fanouts().get("standby").await.unwrap();
+    assert!(untouched.status.is_none() && untouched.finalizers().is_empty());
+    assert!(
+        world
+            .secrets(&target)
+            .get_opt("creds")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(controller.metric("fanout_reconciles_total", &["skipped"]) >= 1.0);
+
+    controller.leader.send_replace(true);
+    let done = world.wait_synced("standby", 1).await;
+    assert_eq!(done.status.unwrap().targets[0].state, TargetState::Synced);
+    world.delete_fanout("standby").await;
+    controller.drain().await;
+}
