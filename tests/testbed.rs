@@ -312,7 +312,7 @@ async fn the_server_and_kubectl_report_the_pinned_version() {
 // --- scripts/testbed up/down on a directory of its own -----------------------------
 
 /// Runs `scripts/testbed down` on drop, so a failing assertion below does not
-/// leave a control plane running.
+/// leave a control plane running (and a watcher does, should the binary be killed).
 struct OwnTestbed {
     dir: PathBuf,
 }
@@ -320,6 +320,7 @@ struct OwnTestbed {
 impl OwnTestbed {
     fn up() -> (OwnTestbed, String) {
         let dir = std::env::temp_dir().join(support::random_name("fanout-testbed-updown"));
+        support::testbed_down_on_exit(&dir).unwrap();
         let testbed = OwnTestbed { dir };
         let stdout = testbed.run("up");
         (testbed, stdout)

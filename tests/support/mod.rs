@@ -110,7 +110,7 @@ impl Cluster {
             random_name("fanout-testbed"),
             std::process::id()
         ));
-        spawn_watcher(&dir)?;
+        testbed_down_on_exit(&dir)?;
         let output = Command::new(repo_root().join("scripts/testbed"))
             .args(["up", "--dir"])
             .arg(&dir)
@@ -433,8 +433,10 @@ fn tools_bin() -> Result<PathBuf, String> {
 }
 
 /// Starts a process, in its own session, that waits for this test binary to
-/// end (however it ends) and then runs `scripts/testbed down --dir <dir>`.
-fn spawn_watcher(dir: &Path) -> Result<(), String> {
+/// end (however it ends, SIGKILL included) and then runs
+/// `scripts/testbed down --dir <dir>`. For a test that starts a testbed of its
+/// own: call it before `scripts/testbed up`.
+pub fn testbed_down_on_exit(dir: &Path) -> Result<(), String> {
     const WATCH: &str = r#"
         pid=$1 testbed=$2 dir=$3
         # Gone, or a zombie waiting for its parent: either way it is over.
