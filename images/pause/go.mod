@@ -1,0 +1,3 @@
+module fanout.dev/images/pause
+
+go 1.24
