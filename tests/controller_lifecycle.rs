@@ -25,7 +25,7 @@ async fn a_missing_source_is_reported_once_and_picked_up_when_it_appears() {
         .create(&world.fanout("waiting", "not-yet", names(&[&target])))
         .await;
     let reported = world
-        .wait_fanout("SourceMissing", "the SourceMissing condition", |f| {
+        .wait_fanout("waiting", "the SourceMissing condition", |f| {
             ready_reason(f).as_deref() == Some("SourceMissing")
         })
         .await;
@@ -207,7 +207,11 @@ async fn a_standby_reconciles_nothing_until_it_becomes_leader() {
     support::eventually(
         "the standby's caches to sync",
         Duration::from_secs(30),
-        || async { controller.health.readiness().ok.then_some(()) },
+        || async {
+            let report = controller.health.readiness();
+            println!("{report:?}");
+            report.ok.then_some(())
+        },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -2,6 +2,9 @@
 //! cap, metrics, the event recorder, and the runtime's leader and drain
 //! signals.
 
+use std::time::Duration;
+
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::Client;
 use kube::core::PartialObjectMeta;
@@ -36,13 +39,39 @@ pub struct Stores {
 impl Stores {
     /// Waits until every cache has listed once; `false` if one can never be
     /// (its watch was dropped).
+    ///
+    /// It polls rather than awaiting `Store::wait_until_ready`: that future
+    /// sits on a oneshot receiver that keeps only the last waiting task's
+    /// waker, so with several waiters (the applier, this readiness check,
+    /// concurrent reconciles) all but one could sleep forever.
     pub async fn ready(&self) -> bool {
-        self.fanouts.wait_until_ready().await.is_ok()
-            && self.namespaces.wait_until_ready().await.is_ok()
-            && self.secrets.wait_until_ready().await.is_ok()
-            && self.config_maps.wait_until_ready().await.is_ok()
+        loop {
+            match self.check() {
+                Some(ready) => return ready,
+                None => tokio::time::sleep(READY_POLL).await,
+            }
+        }
+    }
+
+    /// `Some(true)` when every cache has listed, `Some(false)` when one never
+    /// can, `None` while waiting.
+    fn check(&self) -> Option<bool> {
+        let ready = [
+            self.fanouts.wait_until_ready().now_or_never(),
+            self.namespaces.wait_until_ready().now_or_never(),
+            self.secrets.wait_until_ready().now_or_never(),
+            self.config_maps.wait_until_ready().now_or_never(),
+        ];
+        if ready.iter().any(|r| matches!(r, Some(Err(_)))) {
+            Some(false)
+        } else {
+            ready.iter().all(Option::is_some).then_some(true)
+        }
     }
 }
+
+/// How often [`Stores::ready`] looks again.
+const READY_POLL: Duration = Duration::from_millis(50);
 
 /// A copyable kind whose copies are cached.
 pub trait Cached: CopyKind {

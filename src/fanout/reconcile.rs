@@ -56,6 +56,21 @@ pub async fn reconcile(fanout: Arc<Fanout>, ctx: Arc<Context>) -> Result<Action,
     let cancel = guard.token();
     let started = Instant::now();
     let api: Api<Fanout> = Api::namespaced(ctx.client.clone(), &namespace);
+    // The finalizer helper patches with a JSON-patch `test` of the list it
+    // saw, so a cache that lags behind our own last patch makes it fail.
+    // Where the finalizer is about to be added or removed, read the object
+    // fresh: a rare GET instead of a spurious 422 or 404.
+    let fanout = if fanout.finalizers().iter().any(|f| f == FINALIZER)
+        && fanout.metadata.deletion_timestamp.is_none()
+    {
+        fanout
+    } else {
+        match api.get_opt(&fanout.name_any()).await {
+            Ok(Some(fresh)) => Arc::new(fresh),
+            Ok(None) => return Ok(Action::await_change()),
+            Err(_) => fanout,
+        }
+    };
     let result = finalizer(&api, FINALIZER, fanout, |event| async {
         match event {
             FinalizerEvent::Apply(fanout) => pass::run(&ctx, fanout, cancel).await,

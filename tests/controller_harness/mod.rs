@@ -128,6 +128,11 @@ pub struct World {
 impl World {
     /// A fresh world with a source namespace.
     pub async fn new(prefix: &str) -> World {
+        // Controller logs, when asked for with RUST_LOG (e.g. RUST_LOG=fanout=debug).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let cluster = support::cluster();
         install_crd(cluster).await;
         let source_ns = cluster.namespace(&format!("{prefix}-src")).await;
