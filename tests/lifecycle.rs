@@ -28,9 +28,8 @@ async fn readiness_waits_for_the_caches_and_liveness_does_not() {
     let world = World::new(cluster, 0).await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(apiserver_addr(cluster), Mode::Hold).await;
-    let kubeconfig = kubeconfig_via(cluster.kubeconfig_path(), proxy.addr(), dir.path());
-    let lease = support::random_name("lease");
-    let mut controller = Controller::start(&kubeconfig, &world.args(&lease, &[])).await;
+    let kubeconfig = kubeconfig_via(&world.kubeconfig, proxy.addr(), dir.path());
+    let mut controller = Controller::start(&kubeconfig, &world.args(&[])).await;
 
     // The API server is unreachable: alive, but not ready, and it says why.
     let held_since = Instant::now();
@@ -61,19 +60,15 @@ async fn sigterm_turns_readiness_off_at_once_and_drains_to_exit_0() {
     let world = World::new(cluster, 20).await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(apiserver_addr(cluster), Mode::Open).await;
-    let kubeconfig = kubeconfig_via(cluster.kubeconfig_path(), proxy.addr(), dir.path());
-    let lease = support::random_name("lease");
-    let args = world.args(
-        &lease,
-        &[
-            "--fanout-concurrency",
-            "1",
-            "--kube-qps",
-            "10",
-            "--kube-burst",
-            "1",
-        ],
-    );
+    let kubeconfig = kubeconfig_via(&world.kubeconfig, proxy.addr(), dir.path());
+    let args = world.args(&[
+        "--fanout-concurrency",
+        "1",
+        "--kube-qps",
+        "10",
+        "--kube-burst",
+        "1",
+    ]);
     let mut controller = Controller::start(&kubeconfig, &args).await;
     controller.wait_ready(Duration::from_secs(30)).await;
     controller.wait_leader(Duration::from_secs(30)).await;
@@ -167,23 +162,19 @@ async fn past_the_deadline_work_is_abandoned_by_name_and_the_exit_code_is_1() {
     let world = World::new(cluster, 10).await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(apiserver_addr(cluster), Mode::Open).await;
-    let kubeconfig = kubeconfig_via(cluster.kubeconfig_path(), proxy.addr(), dir.path());
-    let lease = support::random_name("lease");
-    let args = world.args(
-        &lease,
-        &[
-            "--fanout-concurrency",
-            "1",
-            "--kube-qps",
-            "5",
-            "--kube-burst",
-            "1",
-            "--shutdown-timeout",
-            "2s",
-            "--write-timeout",
-            "60s",
-        ],
-    );
+    let kubeconfig = kubeconfig_via(&world.kubeconfig, proxy.addr(), dir.path());
+    let args = world.args(&[
+        "--fanout-concurrency",
+        "1",
+        "--kube-qps",
+        "5",
+        "--kube-burst",
+        "1",
+        "--shutdown-timeout",
+        "2s",
+        "--write-timeout",
+        "60s",
+    ]);
     let mut controller = Controller::start(&kubeconfig, &args).await;
     controller.wait_ready(Duration::from_secs(30)).await;
     controller.wait_leader(Duration::from_secs(30)).await;
@@ -223,21 +214,17 @@ async fn a_second_signal_exits_at_once_with_a_non_zero_code() {
     let world = World::new(cluster, 10).await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(apiserver_addr(cluster), Mode::Open).await;
-    let kubeconfig = kubeconfig_via(cluster.kubeconfig_path(), proxy.addr(), dir.path());
-    let lease = support::random_name("lease");
-    let args = world.args(
-        &lease,
-        &[
-            "--fanout-concurrency",
-            "1",
-            "--kube-qps",
-            "5",
-            "--kube-burst",
-            "1",
-            "--write-timeout",
-            "60s",
-        ],
-    );
+    let kubeconfig = kubeconfig_via(&world.kubeconfig, proxy.addr(), dir.path());
+    let args = world.args(&[
+        "--fanout-concurrency",
+        "1",
+        "--kube-qps",
+        "5",
+        "--kube-burst",
+        "1",
+        "--write-timeout",
+        "60s",
+    ]);
     let mut controller = Controller::start(&kubeconfig, &args).await;
     controller.wait_ready(Duration::from_secs(30)).await;
     controller.wait_leader(Duration::from_secs(30)).await;
@@ -262,9 +249,8 @@ async fn a_second_signal_exits_at_once_with_a_non_zero_code() {
 async fn a_released_lease_hands_over_at_once_and_a_killed_leader_only_after_expiry() {
     let cluster = support::cluster();
     let world = World::new(cluster, 0).await;
-    let kubeconfig = cluster.kubeconfig_path();
-    let lease = support::random_name("lease");
-    let args = world.args(&lease, &["--lease-duration", "6s"]);
+    let kubeconfig = &world.kubeconfig;
+    let args = world.args(&["--lease-duration", "6s"]);
 
     // Drain: the standby leads as soon as the leader lets go.
     let mut first = Controller::start(kubeconfig, &args).await;
@@ -306,9 +292,7 @@ async fn a_released_lease_hands_over_at_once_and_a_killed_leader_only_after_expi
 async fn metrics_are_valid_prometheus_text_with_the_lifecycle_series() {
     let cluster = support::cluster();
     let world = World::new(cluster, 0).await;
-    let lease = support::random_name("lease");
-    let mut controller =
-        Controller::start(cluster.kubeconfig_path(), &world.args(&lease, &[])).await;
+    let mut controller = Controller::start(&world.kubeconfig, &world.args(&[])).await;
     controller.wait_ready(Duration::from_secs(30)).await;
     controller.wait_leader(Duration::from_secs(30)).await;
     let body = controller.body("/metrics").await;

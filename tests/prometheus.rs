@@ -123,9 +123,7 @@ impl Drop for Prometheus {
 async fn prometheus_scrapes_the_reconcile_and_target_series() {
     let cluster = support::cluster();
     let world = World::new(cluster, 3).await;
-    let lease = support::random_name("lease");
-    let mut controller =
-        Controller::start(cluster.kubeconfig_path(), &world.args(&lease, &[])).await;
+    let mut controller = Controller::start(&world.kubeconfig, &world.args(&[])).await;
     controller.wait_ready(Duration::from_secs(30)).await;
     let fanout = world.create_fanout(cluster).await;
     world.wait_synced(cluster, &fanout, 3).await;

@@ -1,10 +1,15 @@
 //! A test's world on the shared testbed: the CRD, a source namespace with a
-//! Secret, consenting target namespaces, and a label that ties the test's
-//! Fanouts to the test's own controllers (`--fanout-selector`).
+//! Secret, consenting target namespaces, a label that ties the test's
+//! Fanouts to the test's own controllers (`--fanout-selector`), and the
+//! identity those controllers run as: the Helm chart's own ServiceAccount,
+//! ClusterRole and leader-election Role, rendered from `charts/fanout` and
+//! used through a TokenRequest token. Every binary-level test therefore also
+//! proves that the chart's RBAC is enough for what the test exercises.
 
 // Shared by several test binaries, each of which uses only a part.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -35,6 +40,11 @@ pub struct World {
     pub source: support::TestNamespace,
     pub targets: Vec<support::TestNamespace>,
     pub shard: String,
+    /// A kubeconfig for the chart's ServiceAccount (token, not admin).
+    pub kubeconfig: PathBuf,
+    /// The Lease the chart's Role lets that ServiceAccount use.
+    pub lease: String,
+    _dir: tempfile::TempDir,
 }
 
 impl World {
@@ -65,20 +75,31 @@ impl World {
             .unwrap();
             namespaces.push(ns);
         }
+        let release = support::random_name("fanout");
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            chart_identity(cluster, &release, source.name()).await,
+        )
+        .unwrap();
         World {
             source,
             targets: namespaces,
             shard: support::random_name("shard"),
+            kubeconfig,
+            lease: format!("{release}-leader"),
+            _dir: dir,
         }
     }
 
     /// Flags that give a controller this world's Lease and Fanouts, then `extra`.
-    pub fn args(&self, lease: &str, extra: &[&str]) -> Vec<String> {
+    pub fn args(&self, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "--lease-namespace".into(),
             self.source.name().into(),
             "--lease-name".into(),
-            lease.into(),
+            self.lease.clone(),
             "--fanout-selector".into(),
             format!("fanout.dev/test={}", self.shard),
         ];
@@ -155,4 +176,35 @@ impl World {
 pub fn apiserver_addr(cluster: &support::Cluster) -> std::net::SocketAddr {
     let url = cluster.server_url();
     url.trim_start_matches("https://").parse().unwrap()
+}
+
+/// Installs the chart's ServiceAccount, ClusterRole(Binding) and
+/// leader-election Role(Binding) as Helm renders them for a release named
+/// `release` in `namespace`, and returns a kubeconfig with a token of that
+/// ServiceAccount.
+async fn chart_identity(cluster: &support::Cluster, release: &str, namespace: &str) -> String {
+    let chart = support::repo_root().join("charts/fanout");
+    let output = cluster
+        .command("helm")
+        .args(["template", release])
+        .arg(&chart)
+        .args([
+            "--namespace",
+            namespace,
+            "--set",
+            &format!("fullnameOverride={release}"),
+        ])
+        .args(["--show-only", "templates/serviceaccount.yaml"])
+        .args(["--show-only", "templates/clusterrole.yaml"])
+        .args(["--show-only", "templates/leader-election-role.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    cluster.apply_yaml(&String::from_utf8(output.stdout).unwrap());
+    let token = cluster.service_account_token(namespace, release).await;
+    cluster.token_kubeconfig(&token)
 }
