@@ -19,13 +19,17 @@ use crate::runtime::metrics::RuntimeMetrics;
 use crate::runtime::ratelimit::RateLimitLayer;
 use crate::runtime::shutdown::{self, Phase, Shutdown, SignalError};
 
+// After the drain deadline, what is left must fit in the margin between
+// `--shutdown-timeout` and the pod's grace period (5 s in the chart):
+// ABORT_GRACE + LEASE_RELEASE_TIMEOUT + ADMIN_STOP_TIMEOUT = 4 s.
+
 /// How long the controller gets to return after the abort token fired
 /// before the process stops waiting for it.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
-/// Bound on releasing the lease: a slow API server must not eat the grace period.
-const LEASE_RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on releasing the lease: a hung API server must not eat the grace period.
+const LEASE_RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on stopping the admin server (in-flight probe or scrape requests).
-const ADMIN_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+const ADMIN_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// The runtime's own liveness heartbeat: a tick every second, failing
 /// `/livez` after 30 s of silence (a wedged async runtime).
 const RUNTIME_TICK: Duration = Duration::from_secs(1);
