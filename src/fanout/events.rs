@@ -10,6 +10,7 @@
 //! Deciding what to say is pure ([`changes`]); publishing is best effort.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -124,6 +125,10 @@ fn past_tense(operation: Operation) -> &'static str {
     }
 }
 
+/// How long one Event may take: a slow API server must not hold a pass
+/// (or a drain) for a courtesy.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Publishes `notices` on `fanout`; failures are logged, never fatal (an
 /// Event is a courtesy, the status is the record).
 pub async fn publish(recorder: &Recorder, fanout: &Fanout, notices: Vec<Notice>) {
@@ -140,8 +145,10 @@ pub async fn publish(recorder: &Recorder, fanout: &Fanout, notices: Vec<Notice>)
             note: Some(truncate(notice.note)),
             secondary: None,
         };
-        if let Err(error) = recorder.publish(&event, &reference).await {
-            warn!(%error, reason = %event.reason, "cannot publish event");
+        match tokio::time::timeout(PUBLISH_TIMEOUT, recorder.publish(&event, &reference)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, reason = %event.reason, "cannot publish event"),
+            Err(_) => warn!(reason = %event.reason, "publishing an event timed out"),
         }
     }
 }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
 use super::crd::{Fanout, FanoutStatus};
+use super::retry::{self, ErrorClass};
 
 /// Field manager of the controller's status writes.
 pub const FIELD_MANAGER: &str = "fanout-controller";
@@ -111,7 +112,12 @@ struct Target {
     name: String,
 }
 
+/// Attempts of one status write (transient errors only).
+const ATTEMPTS: u32 = 3;
+
 impl Target {
+    /// One status write; 429, 5xx and connection errors are retried with
+    /// jittered backoff, because the final write of a drain must land.
     async fn write(&self, status: &FanoutStatus) -> Result<(), StatusError> {
         let patch = json!({
             "apiVersion": "fanout.dev/v1alpha1",
@@ -119,14 +125,30 @@ impl Target {
             "status": status,
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.api
-            .patch_status(&self.name, &params, &Patch::Apply(&patch))
-            .await
-            .map(drop)
-            .map_err(|source| StatusError {
-                fanout: self.name.clone(),
-                source,
-            })
+        let mut attempt = 0;
+        loop {
+            match self
+                .api
+                .patch_status(&self.name, &params, &Patch::Apply(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(source)
+                    if attempt + 1 < ATTEMPTS
+                        && retry::classify(&source) == ErrorClass::Transient =>
+                {
+                    debug!(error = %source, attempt, "status write failed; retrying");
+                    tokio::time::sleep(retry::backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(source) => {
+                    return Err(StatusError {
+                        fanout: self.name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
     }
 }
 

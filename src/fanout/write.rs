@@ -159,7 +159,14 @@ impl<'a> Writer<'a> {
                 }
                 Err(error) => match error.class() {
                     ErrorClass::Permanent => return Err(error),
-                    ErrorClass::Stale => debug!(%error, "stale view of {object}; reading it again"),
+                    ErrorClass::Stale => {
+                        // Read again at once; if the object keeps changing
+                        // under us, back off like for any contention.
+                        debug!(%error, attempt, "stale view of {object}; reading it again");
+                        if attempt > 0 {
+                            tokio::time::sleep(retry::backoff(attempt - 1)).await;
+                        }
+                    }
                     ErrorClass::Transient => {
                         debug!(%error, attempt, "transient failure on {object}; backing off");
                         tokio::time::sleep(retry::backoff(attempt)).await;
