@@ -1,6 +1,7 @@
 //! The `fanout` binary: parse flags, set up logging, run the app, and turn
 //! its outcome into an exit code (see `fanout --help`).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
