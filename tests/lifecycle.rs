@@ -113,7 +113,6 @@ async fn sigterm_turns_readiness_off_at_once_and_drains_to_exit_0() {
     assert_eq!(
         controller.phases(),
         [
-            "running",
             "draining",
             "work_drained",
             "lease_released",
