@@ -50,13 +50,9 @@ async fn skip_leaves_the_blocker_alone_and_converges_once_it_is_deleted() {
     let untouched = world.secrets(&blocked).get("shared").await.unwrap();
     assert_eq!(value(&untouched, "k").as_deref(), Some("theirs"));
     assert!(!untouched.labels().contains_key("fanout.dev/managed-by"));
-    let events = world.events("skip").await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("Conflict: 1 target(s) now Conflict")),
-        "{events:?}"
-    );
+    world
+        .wait_event("skip", "Conflict: 1 target(s) now Conflict")
+        .await;
 
     // The blocker goes: the target converges on the next retry.
     world

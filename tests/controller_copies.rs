@@ -97,13 +97,9 @@ async fn copies_follow_resolution_order_and_carry_content_but_not_tool_labels() 
             .unwrap()
             .is_none()
     );
-    let events = world.events("registry").await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("CopiesWritten: copies created 4")),
-        "{events:?}"
-    );
+    world
+        .wait_event("registry", "CopiesWritten: copies created 4")
+        .await;
 
     // A source update reaches every target.
     world

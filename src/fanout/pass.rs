@@ -23,6 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -38,7 +39,7 @@ use super::retry;
 use super::status::{self, Verdict};
 use super::status_writer::{StatusError, StatusWriter};
 use super::targets::{self, NamespaceView};
-use super::write::{CopyJob, Done, Writer, describe};
+use super::write::{CopyJob, Done, WriteError, Writer, describe};
 use crate::runtime::batch::{self, BatchOptions, ItemOutcome};
 
 /// A pass that failed and will be retried.
@@ -172,6 +173,8 @@ impl<'a> Pass<'a> {
             self.previous.clone(),
         );
         writer.publish(self.status(&entries, Some(&job.hash), &Verdict::Targets));
+        let snapshot_every = self.ctx.settings.status_interval / 4;
+        let mut last_snapshot = Instant::now();
         let mut writes: BTreeMap<Operation, usize> = BTreeMap::new();
         let mut abandoned = Vec::new();
         let options = BatchOptions::new(self.ctx.settings.fanout_concurrency)
@@ -203,6 +206,8 @@ impl<'a> Pass<'a> {
                         *entry = done.status;
                     }
                 }
+                // Cut off by the drain before it started: still Pending.
+                ItemOutcome::Failed(WriteError::Stopping) => {}
                 ItemOutcome::Failed(error) => *entry = failed(&entry.namespace, chain(&error)),
                 ItemOutcome::TimedOut { after } => {
                     *entry = failed(&entry.namespace, format!("no answer within {after:?}"));
@@ -213,7 +218,13 @@ impl<'a> Pass<'a> {
                 ItemOutcome::Aborted => abandoned.push(entry.namespace.clone()),
                 ItemOutcome::NotStarted(_) => {}
             }
-            writer.publish(self.status(&entries, Some(&job.hash), &Verdict::Targets));
+            // A snapshot costs O(targets); building one per outcome would be
+            // quadratic at 10,000 targets. The writer takes at most one per
+            // interval, so a few per interval keep it current.
+            if last_snapshot.elapsed() >= snapshot_every {
+                writer.publish(self.status(&entries, Some(&job.hash), &Verdict::Targets));
+                last_snapshot = Instant::now();
+            }
         }
         drop(outcomes);
 
@@ -326,7 +337,7 @@ impl<'a> Pass<'a> {
         writer: &Writer<'_>,
         copy_name: &str,
         namespace: &str,
-    ) -> Result<Done, super::write::WriteError> {
+    ) -> Result<Done, WriteError> {
         let uid = K::cache(&self.ctx.stores)
             .get(&ObjectRef::new(copy_name).within(namespace))
             .and_then(|c| c.uid());

@@ -63,8 +63,9 @@ pub enum WriteError {
         /// Attempts made.
         attempts: u32,
     },
-    /// The global write cap was closed (the controller is stopping).
-    #[error("the controller is stopping")]
+    /// The drain began while the write waited for a permit, so it never
+    /// started (the target stays `Pending`).
+    #[error("the controller is stopping; write not started")]
     Stopping,
 }
 
@@ -319,12 +320,13 @@ impl<'a> Writer<'a> {
         object: &str,
         request: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, WriteError> {
-        let _permit = self
-            .ctx
-            .writes
-            .acquire()
-            .await
-            .map_err(|_| WriteError::Stopping)?;
+        // Waiting for a permit is not being in flight: once the drain has
+        // begun, a write that has not got one yet does not start.
+        let _permit = tokio::select! {
+            biased;
+            () = self.ctx.drain.cancelled() => return Err(WriteError::Stopping),
+            permit = self.ctx.writes.acquire() => permit.map_err(|_| WriteError::Stopping)?,
+        };
         let _in_flight = self.ctx.metrics.write_in_flight();
         let timeout = self.ctx.settings.write_timeout;
         let delay = self

@@ -366,6 +366,22 @@ impl World {
         .await;
     }
 
+    /// Waits for an Event about Fanout `name` whose `reason: note` line
+    /// starts with `prefix` (Events follow the status write they describe).
+    pub async fn wait_event(&self, name: &str, prefix: &str) -> String {
+        support::eventually(
+            &format!("an Event {prefix:?} on {name}"),
+            Duration::from_secs(30),
+            || async {
+                self.events(name)
+                    .await
+                    .into_iter()
+                    .find(|e| e.starts_with(prefix))
+            },
+        )
+        .await
+    }
+
     /// Events about the Fanout `name`, as `reason: note` lines.
     pub async fn events(&self, name: &str) -> Vec<String> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), self.src());
