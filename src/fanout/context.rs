@@ -2,9 +2,10 @@
 //! cap, metrics, the event recorder, and the runtime's leader and drain
 //! signals.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::Client;
 use kube::core::PartialObjectMeta;
@@ -34,44 +35,65 @@ pub struct Stores {
     pub secrets: Store<Secret>,
     /// ConfigMaps made by any Fanout.
     pub config_maps: Store<ConfigMap>,
+    /// Which of them have listed once.
+    pub listed: Listed,
 }
 
 impl Stores {
-    /// Waits until every cache has listed once; `false` if one can never be
-    /// (its watch was dropped).
-    ///
-    /// It polls rather than awaiting `Store::wait_until_ready`: that future
-    /// sits on a oneshot receiver that keeps only the last waiting task's
-    /// waker, so with several waiters (the applier, this readiness check,
-    /// concurrent reconciles) all but one could sleep forever.
-    pub async fn ready(&self) -> bool {
+    /// Waits until every cache has listed once; `false` if `stop` fires first.
+    pub async fn ready(&self, stop: &CancellationToken) -> bool {
         loop {
-            match self.check() {
-                Some(ready) => return ready,
-                None => tokio::time::sleep(READY_POLL).await,
+            if self.listed.all() {
+                return true;
             }
-        }
-    }
-
-    /// `Some(true)` when every cache has listed, `Some(false)` when one never
-    /// can, `None` while waiting.
-    fn check(&self) -> Option<bool> {
-        let ready = [
-            self.fanouts.wait_until_ready().now_or_never(),
-            self.namespaces.wait_until_ready().now_or_never(),
-            self.secrets.wait_until_ready().now_or_never(),
-            self.config_maps.wait_until_ready().now_or_never(),
-        ];
-        if ready.iter().any(|r| matches!(r, Some(Err(_)))) {
-            Some(false)
-        } else {
-            ready.iter().all(Option::is_some).then_some(true)
+            tokio::select! {
+                () = tokio::time::sleep(READY_POLL) => {}
+                () = stop.cancelled() => return false,
+            }
         }
     }
 }
 
 /// How often [`Stores::ready`] looks again.
 const READY_POLL: Duration = Duration::from_millis(50);
+
+/// One of the controller's caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cache {
+    /// Fanouts.
+    Fanouts = 0,
+    /// Namespace metadata.
+    Namespaces = 1,
+    /// Secret copies.
+    Secrets = 2,
+    /// ConfigMap copies.
+    ConfigMaps = 3,
+}
+
+/// Which caches have completed their first list, set by the watch streams.
+///
+/// Tracked here rather than asked of `Store::wait_until_ready`: that future
+/// sits on a oneshot receiver that keeps a single waker, so a second waiter
+/// (or a poll) would steal the wake-up kube-runtime's applier is waiting for.
+#[derive(Clone, Debug, Default)]
+pub struct Listed(Arc<[AtomicBool; 4]>);
+
+impl Listed {
+    /// Records that `cache` has listed.
+    pub fn mark(&self, cache: Cache) {
+        self.0[cache as usize].store(true, Ordering::Release);
+    }
+
+    /// Whether `cache` has listed.
+    pub fn has(&self, cache: Cache) -> bool {
+        self.0[cache as usize].load(Ordering::Acquire)
+    }
+
+    /// Whether every cache has listed.
+    pub fn all(&self) -> bool {
+        self.0.iter().all(|listed| listed.load(Ordering::Acquire))
+    }
+}
 
 /// A copyable kind whose copies are cached.
 pub trait Cached: CopyKind {

@@ -50,7 +50,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::utils::CancelableJoinHandle;
@@ -61,7 +61,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::runtime::Handles;
-use context::Context;
+use context::{Cache, Context};
 use metrics::FanoutMetrics;
 use queue::QueueDepth;
 use running::Running;
@@ -184,6 +184,7 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
     info!(selector = ?settings.fanout_selector, "Fanout controller started");
     let mut tick = tokio::time::interval(HEARTBEAT_TICK);
     let mut draining = false;
+    let mut aborting = false;
     let abort_grace = tokio::time::sleep(Duration::MAX);
     let mut abort_grace = pin!(abort_grace);
     loop {
@@ -200,14 +201,17 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
                 // Before the Fanout cache has listed, no reconcile can have
                 // started, and kube-runtime's runner would wait for the cache
                 // forever: there is nothing to wait for.
-                if fanout_store.wait_until_ready().now_or_never().is_none() {
+                if !stores.listed.has(Cache::Fanouts) {
                     break;
                 }
             }
-            () = abort.cancelled(), if abort_grace.is_elapsed() || !abort.is_cancelled() => {
+            () = abort.cancelled(), if !aborting => {
+                // Running passes are cancelled by the same token; give them a
+                // moment to log what they abandon, then drop them.
+                aborting = true;
                 abort_grace.as_mut().reset(tokio::time::Instant::now() + ABORT_GRACE);
             }
-            () = &mut abort_grace => {
+            () = &mut abort_grace, if aborting => {
                 warn!("drain deadline passed: dropping the reconciles still running");
                 break;
             }

@@ -44,13 +44,8 @@ pub async fn track_crd_served(client: Client, check: ReadinessCheck, stop: Cance
 
 /// Sets `check` once every cache has listed (or never, if stopped first).
 pub async fn track_caches_synced(stores: Stores, check: ReadinessCheck, stop: CancellationToken) {
-    tokio::select! {
-        ready = stores.ready() => {
-            if ready {
-                info!("watch caches synced");
-                check.set_ready(true);
-            }
-        }
-        () = stop.cancelled() => {}
+    if stores.ready(&stop).await {
+        info!("watch caches synced");
+        check.set_ready(true);
     }
 }

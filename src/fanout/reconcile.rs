@@ -27,9 +27,9 @@ pub const FINALIZER: &str = "fanout.dev/cleanup";
 /// A reconcile that failed and will be retried.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    /// The caches can no longer be filled (the controller is stopping).
-    #[error("the watch caches are gone")]
-    CachesGone,
+    /// The drain began before every cache had listed once.
+    #[error("the watch caches never synced before the drain")]
+    CachesNotSynced,
     /// The pass or the cleanup failed, or the finalizer could not be changed.
     #[error(transparent)]
     Finalizer(#[from] Box<finalizer::Error<PassError>>),
@@ -45,8 +45,8 @@ pub async fn reconcile(fanout: Arc<Fanout>, ctx: Arc<Context>) -> Result<Action,
         ctx.metrics.reconciled(ReconcileResult::Skipped, 0.0);
         return Ok(Action::await_change());
     }
-    if !ctx.stores.ready().await {
-        return Err(ReconcileError::CachesGone);
+    if !ctx.stores.ready(&ctx.drain).await {
+        return Err(ReconcileError::CachesNotSynced);
     }
     let Some(namespace) = fanout.namespace() else {
         return Ok(Action::await_change());

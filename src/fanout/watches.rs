@@ -29,7 +29,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::context::{Cached, Stores};
+use super::context::{Cache, Cached, Listed, Stores};
 use super::copy::{CONTENT_HASH, COPIES_SELECTOR, CopyKind, Owner};
 use super::crd::Fanout;
 use super::metrics::FanoutMetrics;
@@ -62,22 +62,44 @@ impl Watches {
         let (namespace_store, namespace_writer) = reflector::store();
         let (secret_store, secret_writer) = reflector::store();
         let (config_map_store, config_map_writer) = reflector::store();
+        let listed = Listed::default();
         let stores = Stores {
             fanouts: fanout_store.clone(),
             namespaces: namespace_store.clone(),
             secrets: secret_store,
             config_maps: config_map_store,
+            listed: listed.clone(),
         };
         Self {
-            fanouts: fanout_requests(client, fanout_selector, fanout_writer, sources, metrics),
+            fanouts: fanout_requests(
+                client,
+                fanout_selector,
+                fanout_writer,
+                sources,
+                metrics,
+                listed.clone(),
+            ),
             namespaces: namespace_requests(
                 client,
                 namespace_store,
                 namespace_writer,
                 fanout_store.clone(),
+                listed.clone(),
             ),
-            secrets: copy_requests(client, secret_writer, fanout_store.clone()),
-            config_maps: copy_requests(client, config_map_writer, fanout_store),
+            secrets: copy_requests(
+                client,
+                secret_writer,
+                fanout_store.clone(),
+                listed.clone(),
+                Cache::Secrets,
+            ),
+            config_maps: copy_requests(
+                client,
+                config_map_writer,
+                fanout_store,
+                listed,
+                Cache::ConfigMaps,
+            ),
             stores,
         }
     }
@@ -121,6 +143,7 @@ fn fanout_requests(
     writer: Writer<Fanout>,
     sources: SourceWatches,
     metrics: FanoutMetrics,
+    listed: Listed,
 ) -> BoxStream<'static, ObjectRef<Fanout>> {
     let mut config = watcher::Config::default();
     if let Some(selector) = selector {
@@ -135,7 +158,11 @@ fn fanout_requests(
                 metrics.set_summary(&fanout.uid().unwrap_or_default(), None);
                 sources.sync();
             }
-            Ok(Event::Apply(_) | Event::InitDone) => sources.sync(),
+            Ok(Event::InitDone) => {
+                listed.mark(Cache::Fanouts);
+                sources.sync();
+            }
+            Ok(Event::Apply(_)) => sources.sync(),
             Ok(Event::Init | Event::InitApply(_)) => {}
             Err(error) => warn!(%error, "Fanout watch failed; retrying with backoff"),
         })
@@ -150,6 +177,7 @@ fn namespace_requests(
     cache: Store<PartialObjectMeta<Namespace>>,
     mut writer: Writer<PartialObjectMeta<Namespace>>,
     fanouts: Store<Fanout>,
+    listed: Listed,
 ) -> BoxStream<'static, ObjectRef<Fanout>> {
     watcher(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
@@ -165,6 +193,9 @@ fn namespace_requests(
                 // one that starts.
                 let requests = namespace_event_requests(&event, &cache, &fanouts);
                 writer.apply_watcher_event(&event);
+                if matches!(event, Event::InitDone) {
+                    listed.mark(Cache::Namespaces);
+                }
                 requests
             }
             Err(error) => {
@@ -214,6 +245,8 @@ fn copy_requests<K: Cached>(
     client: &Client,
     writer: Writer<K>,
     fanouts: Store<Fanout>,
+    listed: Listed,
+    cache: Cache,
 ) -> BoxStream<'static, ObjectRef<Fanout>> {
     let config = watcher::Config::default().labels(COPIES_SELECTOR);
     watcher(Api::<K>::all(client.clone()), config)
@@ -224,6 +257,10 @@ fn copy_requests<K: Cached>(
             let request = match event {
                 Ok(Event::Apply(copy) | Event::InitApply(copy)) if drifted(&copy) => owner_of(&copy, &fanouts),
                 Ok(Event::Delete(copy)) => owner_of(&copy, &fanouts),
+                Ok(Event::InitDone) => {
+                    listed.mark(cache);
+                    None
+                }
                 Ok(_) => None,
                 Err(error) => {
                     warn!(%error, kind = K::KIND.as_str(), "copy watch failed; retrying with backoff");
