@@ -273,3 +273,54 @@ async fn losing_leadership_stops_the_pass_and_regaining_it_resumes() {
     world.delete_fanout("handover").await;
     controller.drain().await;
 }
+
+#[tokio::test]
+async fn the_drain_deadline_drops_writes_in_flight_and_returns_promptly() {
+    let mut world = World::new("deadline").await;
+    let mut targets = Vec::new();
+    for i in 0..6 {
+        targets.push(world.consenting(&format!("t{i}")).await);
+    }
+    world.secret("creds", &[("k", "v")]).await;
+    let mut settings = world.settings();
+    settings.fanout_concurrency = NonZeroUsize::new(2).unwrap();
+    settings.write_timeout = Duration::from_secs(30);
+    settings.test_write_delay = Some(WriteDelay::new(|_| Duration::from_secs(20)));
+    let controller = world.start(settings);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    world
+        .create(&world.fanout("deadline", "creds", names(&refs)))
+        .await;
+    support::eventually("writes in flight", Duration::from_secs(30), || async {
+        (controller.metric("fanout_target_writes_in_flight", &[]) >= 2.0).then_some(())
+    })
+    .await;
+    let registry = controller.registry.clone();
+    // The writes would take 20 s; the deadline comes after 0.5 s.
+    let took = controller
+        .drain_with_deadline(Duration::from_millis(500))
+        .await;
+    assert!(
+        took < Duration::from_secs(5),
+        "returned {took:?} after the abort"
+    );
+    let cancelled = registry
+        .gather()
+        .into_iter()
+        .find(|f| f.name() == "fanout_reconciles_total")
+        .unwrap()
+        .get_metric()
+        .iter()
+        .find(|m| m.get_label().iter().any(|l| l.value() == "cancelled"))
+        .unwrap()
+        .get_counter()
+        .get_value();
+    assert!(cancelled >= 1.0, "the pass was cancelled by the abort");
+    for ns in &targets {
+        assert!(world.secrets(ns).get_opt("creds").await.unwrap().is_none());
+    }
+    // Leave nothing behind: a fresh controller finishes and cleans up.
+    let cleaner = world.start(world.settings());
+    world.delete_fanout("deadline").await;
+    cleaner.drain().await;
+}

@@ -85,6 +85,21 @@ impl Controller {
         result.expect("the controller returns Ok after a drain");
     }
 
+    /// Begins a drain, fires the abort token (the drain deadline) after
+    /// `deadline`, and returns how long `run` took to return after the abort.
+    pub async fn drain_with_deadline(self, deadline: Duration) -> Duration {
+        self.drain.cancel();
+        tokio::time::sleep(deadline).await;
+        self.abort.cancel();
+        let aborted = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the controller returns after an abort")
+            .expect("the controller task does not panic")
+            .expect("the controller returns Ok after an abort");
+        aborted.elapsed()
+    }
+
     /// Stops it abruptly, as a crash or `kill -9` would: nothing is finished.
     pub fn kill(self) {
         self.task.abort();
