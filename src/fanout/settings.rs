@@ -1,5 +1,6 @@
 //! The controller's settings: what the flags decide, plus a few knobs with
-//! defaults that the binary does not (yet) expose as flags.
+//! defaults that the binary does not expose as flags (`retry_interval`,
+//! `resync_interval`, `max_status_targets`) and one for tests only.
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -32,9 +33,10 @@ pub struct Settings {
     pub resync_interval: Duration,
     /// Most target entries written to one status (see `FanoutStatus`).
     pub max_status_targets: usize,
-    /// Reconcile only Fanouts matching this label selector: lets several
-    /// controller instances share one cluster (shards, or tests running side
-    /// by side), each owning its own Fanouts.
+    /// Reconcile only Fanouts matching this label selector
+    /// (`--fanout-selector`): lets several controller instances share one
+    /// cluster (shards, or tests running side by side), each owning its own
+    /// Fanouts.
     pub fanout_selector: Option<String>,
     /// Name of this instance in Events (`reportingInstance`), e.g. the pod name.
     pub instance: Option<String>,
