@@ -54,28 +54,62 @@ async fn readiness_waits_for_the_caches_and_liveness_does_not() {
     );
 }
 
+/// A controller behind a [`Proxy`], leading, in the middle of a slow
+/// fan-out (one write at a time, rate-limited) into `targets` namespaces,
+/// with `synced` of them done: a drain started now has a write in flight.
+/// Bind every field when destructuring: dropping `world` deletes the
+/// namespaces under the controller's feet.
+struct MidFanout {
+    world: World,
+    proxy: Proxy,
+    controller: Controller,
+    fanout: String,
+    _dir: tempfile::TempDir,
+}
+
+impl MidFanout {
+    async fn start(targets: usize, synced: usize, extra: &[&str]) -> MidFanout {
+        let cluster = support::cluster();
+        let world = World::new(cluster, targets).await;
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = Proxy::start(apiserver_addr(cluster), Mode::Open).await;
+        let kubeconfig = kubeconfig_via(&world.kubeconfig, proxy.addr(), dir.path());
+        let mut args = vec![
+            "--fanout-concurrency",
+            "1",
+            "--kube-qps",
+            "10",
+            "--kube-burst",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let mut controller = Controller::start(&kubeconfig, &world.args(&args)).await;
+        controller.wait_ready(Duration::from_secs(30)).await;
+        controller.wait_leader(Duration::from_secs(30)).await;
+        let fanout = world.create_fanout(cluster).await;
+        world.wait_synced(cluster, &fanout, synced).await;
+        MidFanout {
+            world,
+            proxy,
+            controller,
+            fanout,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_turns_readiness_off_at_once_and_drains_to_exit_0() {
     let cluster = support::cluster();
-    let world = World::new(cluster, 20).await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(apiserver_addr(cluster), Mode::Open).await;
-    let kubeconfig = kubeconfig_via(&world.kubeconfig, proxy.addr(), dir.path());
-    let args = world.args(&[
-        "--fanout-concurrency",
-        "1",
-        "--kube-qps",
-        "10",
-        "--kube-burst",
-        "1",
-    ]);
-    let mut controller = Controller::start(&kubeconfig, &args).await;
-    controller.wait_ready(Duration::from_secs(30)).await;
-    controller.wait_leader(Duration::from_secs(30)).await;
+    let MidFanout {
+        world,
+        proxy,
+        mut controller,
+        fanout,
+        _dir,
+    } = MidFanout::start(20, 2, &[]).await;
 
-    // Mid-fan-out, hang the API server so the drain has a write in flight.
-    let fanout = world.create_fanout(cluster).await;
-    world.wait_synced(cluster, &fanout, 2).await;
+    // Hang the API server so the drain has a write in flight.
     proxy.set(Mode::Stall);
     controller.signal(Signal::SIGTERM);
     let signalled = Instant::now();
@@ -157,28 +191,18 @@ async fn sigterm_turns_readiness_off_at_once_and_drains_to_exit_0() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn past_the_deadline_work_is_abandoned_by_name_and_the_exit_code_is_1() {
-    let cluster = support::cluster();
-    let world = World::new(cluster, 10).await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(apiserver_addr(cluster), Mode::Open).await;
-    let kubeconfig = kubeconfig_via(&world.kubeconfig, proxy.addr(), dir.path());
-    let args = world.args(&[
-        "--fanout-concurrency",
-        "1",
-        "--kube-qps",
-        "5",
-        "--kube-burst",
-        "1",
-        "--shutdown-timeout",
-        "2s",
-        "--write-timeout",
-        "60s",
-    ]);
-    let mut controller = Controller::start(&kubeconfig, &args).await;
-    controller.wait_ready(Duration::from_secs(30)).await;
-    controller.wait_leader(Duration::from_secs(30)).await;
-    let fanout = world.create_fanout(cluster).await;
-    world.wait_synced(cluster, &fanout, 1).await;
+    let MidFanout {
+        world: _world,
+        proxy,
+        mut controller,
+        fanout,
+        _dir,
+    } = MidFanout::start(
+        30,
+        1,
+        &["--shutdown-timeout", "2s", "--write-timeout", "60s"],
+    )
+    .await;
 
     proxy.set(Mode::Stall); // the write in flight never finishes
     controller.signal(Signal::SIGTERM);
@@ -209,26 +233,13 @@ async fn past_the_deadline_work_is_abandoned_by_name_and_the_exit_code_is_1() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_exits_at_once_with_a_non_zero_code() {
-    let cluster = support::cluster();
-    let world = World::new(cluster, 10).await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(apiserver_addr(cluster), Mode::Open).await;
-    let kubeconfig = kubeconfig_via(&world.kubeconfig, proxy.addr(), dir.path());
-    let args = world.args(&[
-        "--fanout-concurrency",
-        "1",
-        "--kube-qps",
-        "5",
-        "--kube-burst",
-        "1",
-        "--write-timeout",
-        "60s",
-    ]);
-    let mut controller = Controller::start(&kubeconfig, &args).await;
-    controller.wait_ready(Duration::from_secs(30)).await;
-    controller.wait_leader(Duration::from_secs(30)).await;
-    let fanout = world.create_fanout(cluster).await;
-    world.wait_synced(cluster, &fanout, 1).await;
+    let MidFanout {
+        world: _world,
+        proxy,
+        mut controller,
+        _dir,
+        ..
+    } = MidFanout::start(30, 1, &["--write-timeout", "60s"]).await;
 
     proxy.set(Mode::Stall); // the drain cannot finish on its own
     controller.signal(Signal::SIGTERM);

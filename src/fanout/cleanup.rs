@@ -51,7 +51,7 @@ pub async fn run(
             reason: "CopiesDeleted".to_owned(),
             note: format!("deleted {} copies before deletion", deleted.deleted),
         };
-        events::publish(&ctx.recorder, fanout, vec![notice]).await;
+        events::publish(&ctx.recorder, fanout, vec![notice], cancel).await;
     }
     Ok(Action::await_change())
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::crd::{Fanout, FanoutStatus, TargetState};
@@ -130,8 +131,14 @@ fn past_tense(operation: Operation) -> &'static str {
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Publishes `notices` on `fanout`; failures are logged, never fatal (an
-/// Event is a courtesy, the status is the record).
-pub async fn publish(recorder: &Recorder, fanout: &Fanout, notices: Vec<Notice>) {
+/// Event is a courtesy, the status is the record). `cancel` (the pass's
+/// token) abandons what is left: a drain deadline must not wait on Events.
+pub async fn publish(
+    recorder: &Recorder,
+    fanout: &Fanout,
+    notices: Vec<Notice>,
+    cancel: &CancellationToken,
+) {
     let reference = fanout.object_ref(&());
     for notice in notices {
         let event = Event {
@@ -145,7 +152,14 @@ pub async fn publish(recorder: &Recorder, fanout: &Fanout, notices: Vec<Notice>)
             note: Some(truncate(notice.note)),
             secondary: None,
         };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, recorder.publish(&event, &reference)).await {
+        let published = tokio::select! {
+            published = tokio::time::timeout(PUBLISH_TIMEOUT, recorder.publish(&event, &reference)) => published,
+            () = cancel.cancelled() => {
+                warn!(reason = %event.reason, "abandoned publishing an event: the pass was cancelled");
+                return;
+            }
+        };
+        match published {
             Ok(Ok(())) => {}
             Ok(Err(error)) => warn!(%error, reason = %event.reason, "cannot publish event"),
             Err(_) => warn!(reason = %event.reason, "publishing an event timed out"),

@@ -58,7 +58,7 @@ use kube::runtime::{applier, controller};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::runtime::Handles;
 use context::{Cache, Context};
@@ -170,10 +170,15 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
         .take_until(drain.clone().cancelled_owned());
     let concurrency = u16::try_from(settings.concurrency.get()).unwrap_or(u16::MAX);
     let mut reconciles = pin!(applier(
-        |fanout, ctx| CancelableJoinHandle::spawn(
-            reconcile::reconcile(fanout, ctx),
-            &Handle::current()
-        ),
+        |fanout, ctx| {
+            // Every line a reconcile logs names its Fanout (SPEC: logs carry
+            // the Fanout and the target in their fields).
+            let span = info_span!("reconcile", fanout = %ObjectRef::from_obj(&*fanout));
+            CancelableJoinHandle::spawn(
+                reconcile::reconcile(fanout, ctx).instrument(span),
+                &Handle::current(),
+            )
+        },
         reconcile::error_policy,
         ctx,
         fanout_store.clone(),

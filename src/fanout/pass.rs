@@ -171,6 +171,8 @@ impl<'a> Pass<'a> {
             self.fanout.name_any(),
             self.ctx.settings.status_interval,
             self.previous.clone(),
+            self.ctx.settings.write_timeout,
+            self.cancel.clone(),
         );
         writer.publish(self.status(&entries, Some(&job.hash), &Verdict::Targets));
         let snapshot_every = self.ctx.settings.status_interval / 4;
@@ -371,6 +373,8 @@ impl<'a> Pass<'a> {
             self.fanout.name_any(),
             self.ctx.settings.status_interval,
             self.previous.clone(),
+            self.ctx.settings.write_timeout,
+            self.cancel.clone(),
         );
         writer.finish(last.clone()).await?;
         self.finished(&last, &writes).await;
@@ -404,7 +408,7 @@ impl<'a> Pass<'a> {
         self.ctx.metrics.set_summary(&self.uid, Some(last.summary));
         let notices = events::changes(&self.previous, last, writes);
         debug!(summary = ?last.summary, "pass finished");
-        events::publish(&self.ctx.recorder, &self.fanout, notices).await;
+        events::publish(&self.ctx.recorder, &self.fanout, notices, self.cancel).await;
     }
 
     fn next_action(&self, last: &FanoutStatus, retry_soon: bool) -> Action {

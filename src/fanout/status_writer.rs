@@ -34,30 +34,56 @@ pub const FIELD_MANAGER: &str = "fanout-controller";
 
 /// Errors writing a status.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write the status of Fanout {fanout}")]
-pub struct StatusError {
-    fanout: String,
-    #[source]
-    source: kube::Error,
+pub enum StatusError {
+    /// The API server refused the write.
+    #[error("cannot write the status of Fanout {fanout}")]
+    Api {
+        /// The Fanout's name.
+        fanout: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// The API server did not answer within `--write-timeout`.
+    #[error("status write of Fanout {fanout} got no answer within {after:?}")]
+    Timeout {
+        /// The Fanout's name.
+        fanout: String,
+        /// The write timeout.
+        after: Duration,
+    },
+    /// The pass was cancelled (drain deadline, deleted source) before the
+    /// final status was written; its successor writes it.
+    #[error("abandoned the final status write of Fanout {fanout}")]
+    Abandoned {
+        /// The Fanout's name.
+        fanout: String,
+    },
 }
 
 /// Writes one Fanout's status during one reconcile. Dropping it without
 /// [`finish`](Self::finish) stops the writer where it is (a cancelled pass
 /// leaves the status to its successor).
 pub struct StatusWriter {
+    name: String,
     snapshots: watch::Sender<Arc<FanoutStatus>>,
     finished: CancellationToken,
+    cancel: CancellationToken,
     task: JoinHandle<Result<(), StatusError>>,
 }
 
 impl StatusWriter {
     /// Starts the writer for Fanout `name` (via `api`, namespaced), knowing
-    /// that `current` is on the object now.
+    /// that `current` is on the object now. Each write is bounded by
+    /// `write_timeout`; `cancel` (the pass's token) abandons the writer,
+    /// including a final write the API server does not answer.
     pub fn start(
         api: Api<Fanout>,
         name: String,
         interval: Duration,
         current: FanoutStatus,
+        write_timeout: Duration,
+        cancel: CancellationToken,
     ) -> Self {
         let current = Arc::new(current);
         let (snapshots, receiver) = watch::channel(current.clone());
@@ -65,7 +91,11 @@ impl StatusWriter {
         let span = tracing::Span::current();
         let task = tokio::spawn(
             write_loop(
-                Target { api, name },
+                Target {
+                    api,
+                    name: name.clone(),
+                    timeout: write_timeout,
+                },
                 interval,
                 receiver,
                 current,
@@ -74,8 +104,10 @@ impl StatusWriter {
             .instrument(span),
         );
         Self {
+            name,
             snapshots,
             finished,
+            cancel,
             task,
         }
     }
@@ -86,11 +118,20 @@ impl StatusWriter {
     }
 
     /// Writes `last` (unless equal to what is on the object) after any
-    /// write in progress, and returns once it is done.
+    /// write in progress, and returns once it is done, or once the pass is
+    /// cancelled (the write is then abandoned, and logged as such).
     pub async fn finish(mut self, last: FanoutStatus) -> Result<(), StatusError> {
         self.snapshots.send_replace(Arc::new(last));
         self.finished.cancel();
-        match (&mut self.task).await {
+        let cancel = self.cancel.clone();
+        let joined = tokio::select! {
+            joined = &mut self.task => joined,
+            () = cancel.cancelled() => {
+                warn!(fanout = %self.name, "abandoned the final status write: the pass was cancelled");
+                return Err(StatusError::Abandoned { fanout: self.name.clone() });
+            }
+        };
+        match joined {
             Ok(result) => result,
             // The task neither panics nor is aborted while we hold it.
             Err(join) => {
@@ -110,6 +151,7 @@ impl Drop for StatusWriter {
 struct Target {
     api: Api<Fanout>,
     name: String,
+    timeout: Duration,
 }
 
 /// Attempts of one status write (transient errors only).
@@ -127,11 +169,15 @@ impl Target {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let mut attempt = 0;
         loop {
-            match self
-                .api
-                .patch_status(&self.name, &params, &Patch::Apply(&patch))
-                .await
-            {
+            let apply = Patch::Apply(&patch);
+            let request = self.api.patch_status(&self.name, &params, &apply);
+            let Ok(answer) = tokio::time::timeout(self.timeout, request).await else {
+                return Err(StatusError::Timeout {
+                    fanout: self.name.clone(),
+                    after: self.timeout,
+                });
+            };
+            match answer {
                 Ok(_) => return Ok(()),
                 Err(source)
                     if attempt + 1 < ATTEMPTS
@@ -142,7 +188,7 @@ impl Target {
                     attempt += 1;
                 }
                 Err(source) => {
-                    return Err(StatusError {
+                    return Err(StatusError::Api {
                         fanout: self.name.clone(),
                         source,
                     });

@@ -18,20 +18,25 @@ use serde_json::json;
 
 use crate::support;
 
-/// Installs the CRD the binary prints (idempotent) and waits until it is served.
+/// Installs the CRD the binary prints and waits until it is served; once
+/// per test binary (tests run in parallel, and two concurrent creates of one
+/// CRD make the second fail).
 pub fn install_crd(cluster: &support::Cluster) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .arg("crd")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "fanout crd failed");
-    cluster.apply_yaml(&String::from_utf8(output.stdout).unwrap());
-    cluster.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/fanouts.fanout.dev",
-        "--timeout=60s",
-    ]);
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .arg("crd")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "fanout crd failed");
+        cluster.apply_yaml(&String::from_utf8(output.stdout).unwrap());
+        cluster.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/fanouts.fanout.dev",
+            "--timeout=60s",
+        ]);
+    });
 }
 
 /// A test's world: a source namespace with a Secret, `targets` consenting
