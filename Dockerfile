@@ -20,9 +20,11 @@ WORKDIR /src
 
 # Dependencies first, in their own layer: it is rebuilt only when Cargo.toml
 # or Cargo.lock change, not on every source edit. Empty targets stand in for
-# the crate's own code.
+# the crate's own code, and for the benchmark that Cargo.toml declares (the
+# benches are not in the build context, but the manifest must parse).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/fanout.rs \
     && cargo build --release --locked --bin fanout \
     && rm -rf src
 
