@@ -23,6 +23,8 @@ mod node;
 mod observers;
 #[path = "node_e2e/prometheus.rs"]
 mod prometheus;
+#[path = "lifecycle/prometheus.rs"]
+mod shared_prometheus;
 mod support;
 
 use std::path::Path;
@@ -30,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use node::Node;
 use observers::{LeaseRecorder, LogFollower, PodRecorder};
-use prometheus::Prometheus;
 use serde_json::json;
 
 const NAMESPACE: &str = "fanout-system";
@@ -223,7 +224,7 @@ async fn helm_install_runs_ready_pods_and_rollout_restart_drains_them() {
     wait_all_synced(&node, &before).await;
 
     // Prometheus scrapes both new pods behind the metrics Service.
-    let prometheus = Prometheus::scraping_service(client.clone(), NAMESPACE, RELEASE).await;
+    let prometheus = prometheus::scraping_service(client.clone(), NAMESPACE, RELEASE).await;
     let ready = support::eventually(
         "Prometheus to scrape fanout_ready from both pods",
         Duration::from_secs(30),
