@@ -38,30 +38,7 @@ impl Node {
     pub fn up() -> Result<Node, String> {
         let dir = std::env::temp_dir().join(format!("fanout-node-e2e-{}", std::process::id()));
         down_on_exit(&dir)?;
-        let output = Command::new(script())
-            .args(["up", "--dir"])
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run scripts/node: {e}"))?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if !output.status.success() {
-            return Err(format!(
-                "scripts/node up failed ({}):\n{stderr}",
-                output.status
-            ));
-        }
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let export = |name: &str| {
-            stdout
-                .lines()
-                .find_map(|line| line.strip_prefix(&format!("export {name}=")))
-                .map(str::to_owned)
-                .ok_or_else(|| format!("scripts/node up printed no {name}:\n{stdout}\n{stderr}"))
-        };
-        let kubeconfig = PathBuf::from(export("KUBECONFIG")?);
-        let path = export("PATH")?;
-        let tools_bin = PathBuf::from(path.strip_suffix(":$PATH").unwrap_or(&path));
+        let (kubeconfig, tools_bin) = crate::support::script_up(&script(), &dir)?;
         Ok(Node {
             dir,
             kubeconfig,

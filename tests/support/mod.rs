@@ -84,6 +84,34 @@ pub fn random_name(prefix: &str) -> String {
     format!("{prefix}-{suffix}")
 }
 
+/// Runs `SCRIPT up --dir DIR` (scripts/testbed or scripts/node) and reads
+/// the two lines it prints: the kubeconfig and the tools' bin directory.
+pub fn script_up(script: &Path, dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let name = script.display();
+    let output = Command::new(script)
+        .args(["up", "--dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {name}: {e}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!("{name} up failed ({}):\n{stderr}", output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let export = |variable: &str| {
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("export {variable}=")))
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{name} up printed no {variable}:\n{stdout}\n{stderr}"))
+    };
+    let kubeconfig = PathBuf::from(export("KUBECONFIG")?);
+    let path = export("PATH")?;
+    let tools_bin = PathBuf::from(path.strip_suffix(":$PATH").unwrap_or(&path));
+    Ok((kubeconfig, tools_bin))
+}
+
 /// A running kube-apiserver with an admin identity (group `system:masters`).
 pub struct Cluster {
     kubeconfig: PathBuf,
@@ -111,30 +139,7 @@ impl Cluster {
             std::process::id()
         ));
         testbed_down_on_exit(&dir)?;
-        let output = Command::new(repo_root().join("scripts/testbed"))
-            .args(["up", "--dir"])
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run scripts/testbed: {e}"))?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if !output.status.success() {
-            return Err(format!(
-                "scripts/testbed up failed ({}):\n{stderr}",
-                output.status
-            ));
-        }
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let export = |name: &str| {
-            stdout
-                .lines()
-                .find_map(|line| line.strip_prefix(&format!("export {name}=")))
-                .map(str::to_owned)
-                .ok_or_else(|| format!("scripts/testbed up printed no {name}:\n{stdout}\n{stderr}"))
-        };
-        let kubeconfig = PathBuf::from(export("KUBECONFIG")?);
-        let path = export("PATH")?;
-        let tools_bin = PathBuf::from(path.strip_suffix(":$PATH").unwrap_or(&path));
+        let (kubeconfig, tools_bin) = script_up(&repo_root().join("scripts/testbed"), &dir)?;
         Cluster::from_kubeconfig(kubeconfig, tools_bin, Some(dir))
     }
 
