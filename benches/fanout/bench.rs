@@ -1,0 +1,130 @@
+//! What every section shares: the cluster, the shape, the binary, and how
+//! a measured controller is started.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use fanout::fanout::Fanout;
+use futures::{StreamExt, TryStreamExt, stream};
+use kube::Api;
+use kube::api::ListParams;
+
+use crate::cluster::Cluster;
+use crate::controller::{Controller, Launch};
+use crate::options::Shape;
+use crate::world::{self, SHARD_LABEL, SOURCE_NAMESPACE};
+
+/// How long a controller may take to become ready and leader while being set up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The bench's shared state.
+pub struct Bench {
+    /// The cluster.
+    pub cluster: Cluster,
+    /// The sizes and limits.
+    pub shape: Shape,
+    /// The binary under test.
+    pub bin: PathBuf,
+    /// Logs and results.
+    pub work_dir: PathBuf,
+    processes: AtomicUsize,
+}
+
+impl Bench {
+    /// The bench state.
+    pub fn new(cluster: Cluster, shape: Shape, bin: PathBuf, work_dir: PathBuf) -> Bench {
+        Bench {
+            cluster,
+            shape,
+            bin,
+            work_dir,
+            processes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Starts a controller for the Fanouts labelled `shard`, holding Lease
+    /// `lease`, with the measured flags; `kubeconfig` defaults to the admin one.
+    pub async fn spawn(
+        &self,
+        shard: &str,
+        lease: &str,
+        kubeconfig: Option<&Path>,
+    ) -> Result<Controller> {
+        let n = self.processes.fetch_add(1, Ordering::Relaxed);
+        let mut args = self.shape.controller_flags();
+        args.extend([
+            "--lease-namespace".into(),
+            SOURCE_NAMESPACE.into(),
+            "--lease-name".into(),
+            lease.into(),
+            "--fanout-selector".into(),
+            format!("{SHARD_LABEL}={shard}"),
+            "--log-filter".into(),
+            "info".into(),
+        ]);
+        Controller::start(Launch {
+            bin: &self.bin,
+            kubeconfig: kubeconfig.unwrap_or(self.cluster.kubeconfig()),
+            log: self.work_dir.join(format!("fanout-{n:03}-{shard}.log")),
+            args,
+        })
+        .await
+    }
+
+    /// Starts a controller and waits until it is ready and leader, and its
+    /// client's token bucket is full again (as the baseline's is at its start).
+    pub async fn leader(&self, shard: &str, lease: &str) -> Result<Controller> {
+        let mut controller = self.spawn(shard, lease, None).await?;
+        controller
+            .wait_ready(Duration::from_millis(20), START_TIMEOUT)
+            .await?;
+        controller.wait_leader(START_TIMEOUT).await?;
+        tokio::time::sleep(self.bucket_refill()).await;
+        Ok(controller)
+    }
+
+    /// How long an idle client takes to get its whole burst back.
+    pub fn bucket_refill(&self) -> Duration {
+        Duration::from_secs_f64(f64::from(self.shape.kube_burst) / f64::from(self.shape.kube_qps))
+            + Duration::from_millis(100)
+    }
+
+    /// Creates every Fanout, many at once.
+    pub async fn create_fanouts(&self, fanouts: Vec<Fanout>) -> Result<()> {
+        stream::iter(fanouts)
+            .map(|fanout| async move { world::create_fanout(&self.cluster.client, &fanout).await })
+            .buffer_unordered(32)
+            .try_collect::<()>()
+            .await
+    }
+
+    /// Polls the Fanouts labelled `shard` until their summaries add up to
+    /// `synced` Synced targets out of `synced` desired.
+    pub async fn wait_all_synced(&self, shard: &str, synced: u64, timeout: Duration) -> Result<()> {
+        let api: Api<Fanout> = Api::namespaced(self.cluster.client.clone(), SOURCE_NAMESPACE);
+        let params = ListParams::default().labels(&format!("{SHARD_LABEL}={shard}"));
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let list = api.list(&params).await.context("listing Fanouts")?;
+            let sum = |f: fn(&fanout::fanout::crd::Summary) -> u32| -> u64 {
+                list.items
+                    .iter()
+                    .filter_map(|fo| fo.status.as_ref())
+                    .map(|s| u64::from(f(&s.summary)))
+                    .sum()
+            };
+            let (done, desired) = (sum(|s| s.synced), sum(|s| s.desired));
+            if done == synced && desired == synced {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "after {timeout:?}: {done} of {synced} targets Synced ({desired} desired)"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Section 4: start to ready with many Fanouts already converged (each with
+//! its own source, into one namespace: the controller opens one watch per
+//! distinct source, so this is the costly shape).
+//!
+//! Timed from spawn: `/readyz` 200, `fanout_leader` 1, and every Fanout
+//! reconciled once (`fanout_reconciles_total`, skipped ones aside). The API requests of the
+//! first start are read from the API server's own metrics. A last start
+//! goes through a gate that holds the API server unreachable until the
+//! process is up, to time "API server answers → ready" alone.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+
+use crate::bench::Bench;
+use crate::controller::Controller;
+use crate::gate::{self, Gate};
+use crate::results::{StartupResult, StartupRun, request_counts};
+use crate::world::{self, target};
+
+const RUN: &str = "start";
+const LEASE: &str = "bench-startup";
+/// Polling period of `/readyz` while timing.
+const POLL: Duration = Duration::from_millis(5);
+/// How long the gate stays shut after the process listens.
+const HELD: Duration = Duration::from_secs(1);
+
+/// Converges the Fanouts, then times fresh starts.
+pub async fn run(bench: &Bench) -> Result<StartupResult> {
+    let count = bench.shape.startup_fanouts;
+    let names: Vec<String> = (0..count).map(|j| format!("fo-{RUN}-{j}")).collect();
+    converge(bench, count).await?;
+
+    let mut runs = Vec::new();
+    let mut requests = Vec::new();
+    let mut watches = Vec::new();
+    for repeat in 0..bench.shape.repeats {
+        let before = bench.cluster.apiserver_metrics()?;
+        let mut controller = bench.spawn(RUN, LEASE, None).await?;
+        let run = time_start(&mut controller, count, None).await?;
+        if repeat == 0 {
+            // Before the stop: open watches are counted as such, not as finished requests.
+            let after = bench.cluster.apiserver_metrics()?;
+            requests = request_counts(&after.requests_since(&before));
+            watches = request_counts(&after.watches_since(&before));
+        }
+        controller.stop().await?;
+        eprintln!(
+            "startup with {count} Fanouts: ready {:.3}s, leader {:.3}s, all reconciled {:.3}s",
+            run.to_ready_seconds, run.to_leader_seconds, run.to_reconciled_seconds
+        );
+        runs.push(run);
+    }
+    let gate = Gate::start(gate::apiserver_addr(bench.cluster.kubeconfig())?).await?;
+    // Beside the admin kubeconfig: scripts/bench finds leftover controllers by that directory.
+    let admin = bench.cluster.kubeconfig();
+    let gated = admin.with_file_name("kubeconfig-gated");
+    let kubeconfig = gate.kubeconfig(admin, gated)?;
+    let mut controller = bench.spawn(RUN, LEASE, Some(&kubeconfig)).await?;
+    let run = time_start(&mut controller, count, Some(&gate)).await?;
+    controller.stop().await?;
+    eprintln!(
+        "startup behind a gate: API answering to ready {:.3}s",
+        run.api_answering_to_ready_seconds.unwrap_or(f64::NAN)
+    );
+    runs.push(run);
+
+    world::clean_up(&bench.cluster, RUN, &names).await?;
+    Ok(StartupResult {
+        fanouts: count,
+        runs,
+        requests,
+        watches,
+    })
+}
+
+async fn converge(bench: &Bench, count: usize) -> Result<()> {
+    let sources = (0..count)
+        .map(|j| world::source_secret(&format!("src-{RUN}-{j}"), RUN))
+        .collect();
+    bench.cluster.create_secrets(sources).await?;
+    let controller = bench.leader(RUN, LEASE).await?;
+    let fanouts = (0..count)
+        .map(|j| {
+            world::fanout(
+                &format!("fo-{RUN}-{j}"),
+                RUN,
+                &format!("src-{RUN}-{j}"),
+                &format!("cp-{RUN}"),
+                json!({"namespaces": [target(j)]}),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    bench.create_fanouts(fanouts).await?;
+    bench
+        .wait_all_synced(RUN, count as u64, Duration::from_secs(600))
+        .await?;
+    controller.stop().await
+}
+
+/// Times one start. With `gate`, the API server is
+/// unreachable until `HELD` after the admin server listens.
+async fn time_start(
+    controller: &mut Controller,
+    count: usize,
+    gate: Option<&Gate>,
+) -> Result<StartupRun> {
+    let spawned = controller.spawned;
+    let opened = match gate {
+        Some(gate) => {
+            tokio::time::sleep(HELD).await;
+            if controller.status("/readyz").await == Some(200) {
+                bail!("ready while the API server was unreachable");
+            }
+            gate.open();
+            Some(Instant::now())
+        }
+        None => None,
+    };
+    let ready = controller
+        .wait_ready(POLL, Duration::from_secs(120))
+        .await?;
+    let mut leader = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let reconciled = loop {
+        let metrics = controller.metrics().await?;
+        let now = Instant::now();
+        if leader.is_none() && metrics.get("fanout_leader") == Some(1.0) {
+            leader = Some(now);
+        }
+        if leader.is_some() && metrics.reconciles_done() >= count as f64 {
+            break now;
+        }
+        if now > deadline {
+            bail!(
+                "not every Fanout reconciled; log {}",
+                controller.log_path().display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let leader = leader.context("leader time missing")?;
+    Ok(StartupRun {
+        to_ready_seconds: (ready - spawned).as_secs_f64(),
+        to_leader_seconds: (leader - spawned).as_secs_f64(),
+        to_reconciled_seconds: (reconciled - spawned).as_secs_f64(),
+        api_answering_to_ready_seconds: opened.map(|o| (ready - o).as_secs_f64()),
+    })
+}
