@@ -166,14 +166,7 @@ impl<'a> Pass<'a> {
             .map(|(i, _)| resolved[*i].as_str())
             .collect();
 
-        let writer = StatusWriter::start(
-            self.api(),
-            self.fanout.name_any(),
-            self.ctx.settings.status_interval,
-            self.previous.clone(),
-            self.ctx.settings.write_timeout,
-            self.cancel.clone(),
-        );
+        let writer = self.status_writer();
         writer.publish(self.status(&entries, Some(&job.hash), &Verdict::Targets));
         let snapshot_every = self.ctx.settings.status_interval / 4;
         let mut last_snapshot = Instant::now();
@@ -368,14 +361,7 @@ impl<'a> Pass<'a> {
             return Ok(Action::await_change());
         }
         let last = self.status(&[], None, &verdict);
-        let writer = StatusWriter::start(
-            self.api(),
-            self.fanout.name_any(),
-            self.ctx.settings.status_interval,
-            self.previous.clone(),
-            self.ctx.settings.write_timeout,
-            self.cancel.clone(),
-        );
+        let writer = self.status_writer();
         writer.finish(last.clone()).await?;
         self.finished(&last, &writes).await;
         // The source watch requests a pass when the source appears; the
@@ -423,6 +409,18 @@ impl<'a> Pass<'a> {
         } else {
             Action::requeue(retry::jittered(settings.resync_interval))
         }
+    }
+
+    /// The coalescing status writer of this pass.
+    fn status_writer(&self) -> StatusWriter {
+        StatusWriter::start(
+            self.api(),
+            self.fanout.name_any(),
+            self.ctx.settings.status_interval,
+            self.previous.clone(),
+            self.ctx.settings.write_timeout,
+            self.cancel.clone(),
+        )
     }
 
     fn api(&self) -> Api<Fanout> {
