@@ -13,7 +13,7 @@ use kube::api::ListParams;
 
 use crate::cluster::Cluster;
 use crate::controller::{Controller, Launch};
-use crate::options::Shape;
+use crate::options::{Limits, Shape};
 use crate::world::{self, SHARD_LABEL, SOURCE_NAMESPACE};
 
 /// How long a controller may take to become ready and leader while being set up.
@@ -52,8 +52,20 @@ impl Bench {
         lease: &str,
         kubeconfig: Option<&Path>,
     ) -> Result<Controller> {
+        self.spawn_limited(shard, lease, kubeconfig, self.shape.limits())
+            .await
+    }
+
+    /// [`Bench::spawn`] with other client-side limits.
+    pub async fn spawn_limited(
+        &self,
+        shard: &str,
+        lease: &str,
+        kubeconfig: Option<&Path>,
+        limits: Limits,
+    ) -> Result<Controller> {
         let n = self.processes.fetch_add(1, Ordering::Relaxed);
-        let mut args = self.shape.controller_flags();
+        let mut args = self.shape.controller_flags(limits);
         args.extend([
             "--lease-namespace".into(),
             SOURCE_NAMESPACE.into(),
@@ -76,19 +88,23 @@ impl Bench {
     /// Starts a controller and waits until it is ready and leader, and its
     /// client's token bucket is full again (as the baseline's is at its start).
     pub async fn leader(&self, shard: &str, lease: &str) -> Result<Controller> {
-        let mut controller = self.spawn(shard, lease, None).await?;
+        self.leader_limited(shard, lease, self.shape.limits()).await
+    }
+
+    /// [`Bench::leader`] with other client-side limits.
+    pub async fn leader_limited(
+        &self,
+        shard: &str,
+        lease: &str,
+        limits: Limits,
+    ) -> Result<Controller> {
+        let mut controller = self.spawn_limited(shard, lease, None, limits).await?;
         controller
             .wait_ready(Duration::from_millis(20), START_TIMEOUT)
             .await?;
         controller.wait_leader(START_TIMEOUT).await?;
-        tokio::time::sleep(self.bucket_refill()).await;
+        tokio::time::sleep(bucket_refill(limits)).await;
         Ok(controller)
-    }
-
-    /// How long an idle client takes to get its whole burst back.
-    pub fn bucket_refill(&self) -> Duration {
-        Duration::from_secs_f64(f64::from(self.shape.kube_burst) / f64::from(self.shape.kube_qps))
-            + Duration::from_millis(100)
     }
 
     /// Creates every Fanout, many at once.
@@ -127,4 +143,10 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// How long an idle client takes to get its whole burst back.
+fn bucket_refill(limits: Limits) -> Duration {
+    Duration::from_secs_f64(f64::from(limits.burst) / f64::from(limits.qps))
+        + Duration::from_millis(100)
 }

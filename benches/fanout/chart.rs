@@ -60,14 +60,22 @@ fn label(v: f64) -> String {
     }
 }
 
-/// The SVG text; `qps` and `burst` draw the rate-limit floor.
-pub fn svg(runs: &[ThroughputRun], qps: u32, burst: u32, title: &str) -> String {
-    let mut sizes: Vec<usize> = runs.iter().map(|r| r.n).collect();
+/// The SVG text; `qps` and `burst` draw the rate-limit floor; `unlimited`
+/// (runs without a client-side limit) are drawn dashed.
+pub fn svg(
+    runs: &[ThroughputRun],
+    unlimited: &[ThroughputRun],
+    qps: u32,
+    burst: u32,
+    title: &str,
+) -> String {
+    let mut sizes: Vec<usize> = runs.iter().chain(unlimited).map(|r| r.n).collect();
     sizes.sort_unstable();
     sizes.dedup();
     let floor = |n: usize| n.saturating_sub(burst as usize) as f64 / f64::from(qps);
     let all_times = runs
         .iter()
+        .chain(unlimited)
         .flat_map(|r| [r.fanout_seconds, r.baseline_seconds])
         .chain(sizes.iter().map(|&n| floor(n)))
         .filter(|v| *v > 0.0);
@@ -149,14 +157,15 @@ pub fn svg(runs: &[ThroughputRun], qps: u32, burst: u32, title: &str) -> String 
         .collect();
     polyline(&mut s, &floor_points, FLOOR, "5 4");
 
-    for (color, pick) in [
-        (
-            BASELINE,
-            (|r: &ThroughputRun| r.baseline_seconds) as fn(&ThroughputRun) -> f64,
-        ),
-        (FANOUT, |r: &ThroughputRun| r.fanout_seconds),
+    let baseline = (|r: &ThroughputRun| r.baseline_seconds) as fn(&ThroughputRun) -> f64;
+    let fanout = (|r: &ThroughputRun| r.fanout_seconds) as fn(&ThroughputRun) -> f64;
+    for (series, color, pick, dash) in [
+        (unlimited, BASELINE, baseline, "2 3"),
+        (unlimited, FANOUT, fanout, "2 3"),
+        (runs, BASELINE, baseline, ""),
+        (runs, FANOUT, fanout, ""),
     ] {
-        for r in runs {
+        for r in series {
             let _ = writeln!(
                 s,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}" fill-opacity="0.3"/>"#,
@@ -167,29 +176,32 @@ pub fn svg(runs: &[ThroughputRun], qps: u32, burst: u32, title: &str) -> String 
         let medians: Vec<(f64, f64)> = sizes
             .iter()
             .filter_map(|&n| {
-                let m = median(runs.iter().filter(|r| r.n == n).map(pick))?;
+                let m = median(series.iter().filter(|r| r.n == n).map(pick))?;
                 Some((x.place(n as f64), y.place(m)))
             })
             .collect();
-        polyline(&mut s, &medians, color, "");
+        polyline(&mut s, &medians, color, dash);
+        let fill = if dash.is_empty() { color } else { "white" };
         for (px, py) in &medians {
             let _ = writeln!(
                 s,
-                r#"<circle cx="{px:.1}" cy="{py:.1}" r="4.5" fill="{color}"/>"#
+                r#"<circle cx="{px:.1}" cy="{py:.1}" r="4.5" fill="{fill}" stroke="{color}" stroke-width="1.5"/>"#
             );
         }
     }
 
     // Legend.
     let lx = WIDTH - RIGHT + 15.0;
-    for (i, (color, dash, text)) in [
-        (FANOUT, "", "Fanout (median)".to_owned()),
-        (BASELINE, "", "baseline (median)".to_owned()),
+    let mut entries = vec![
+        (FANOUT, "", "Fanout".to_owned()),
+        (BASELINE, "", "baseline".to_owned()),
         (FLOOR, "5 4", format!("(N - {burst}) / {qps} per s")),
-    ]
-    .iter()
-    .enumerate()
-    {
+    ];
+    if !unlimited.is_empty() {
+        entries.push((FANOUT, "2 3", "Fanout, no client limit".to_owned()));
+        entries.push((BASELINE, "2 3", "baseline, no client limit".to_owned()));
+    }
+    for (i, (color, dash, text)) in entries.iter().enumerate() {
         let ly = TOP + 10.0 + 22.0 * i as f64;
         let _ = writeln!(
             s,
@@ -200,10 +212,12 @@ pub fn svg(runs: &[ThroughputRun], qps: u32, burst: u32, title: &str) -> String 
             escape(text)
         );
     }
+    let below = TOP + 10.0 + 22.0 * entries.len() as f64;
     let _ = writeln!(
         s,
-        r##"<text x="{lx}" y="{:.1}" fill="#666">faint dots: each repeat</text>"##,
-        TOP + 10.0 + 22.0 * 3.0 + 4.0
+        r##"<text x="{lx}" y="{:.1}" fill="#666">lines: medians</text><text x="{lx}" y="{:.1}" fill="#666">faint dots: each repeat</text>"##,
+        below + 4.0,
+        below + 20.0
     );
     s.push_str("</svg>\n");
     s

@@ -50,6 +50,19 @@ impl Cluster {
         })
     }
 
+    /// CPU seconds used so far by the testbed's kube-apiserver and etcd
+    /// (their pids are in `<testbed dir>/*.pid`, beside the kubeconfig);
+    /// `None` when this is not a `scripts/testbed` cluster.
+    pub fn control_plane_cpu_seconds(&self) -> Option<f64> {
+        let dir = self.kubeconfig.parent()?;
+        let mut total = 0.0;
+        for daemon in ["kube-apiserver", "etcd"] {
+            let pid = std::fs::read_to_string(dir.join(format!("{daemon}.pid"))).ok()?;
+            total += crate::controller::cpu_seconds(&format!("/proc/{}/stat", pid.trim())).ok()?;
+        }
+        Some(total)
+    }
+
     /// The admin kubeconfig (for the controller processes).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig

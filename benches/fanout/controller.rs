@@ -12,6 +12,19 @@ use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// The readiness checks the Fanout controller registers: until both are
+/// listed and passing, `/readyz` 200 does not mean the caches are synced.
+pub const CONTROLLER_CHECKS: [&str; 2] = ["crd-served", "caches-synced"];
+
+/// When a start became ready.
+#[derive(Clone, Copy, Debug)]
+pub struct Ready {
+    /// The first `/readyz` 200, whatever checks it listed.
+    pub first_200: Instant,
+    /// The first 200 listing the controller's checks as passing.
+    pub ready: Instant,
+}
+
 /// How a controller is started.
 pub struct Launch<'a> {
     /// The binary.
@@ -109,12 +122,24 @@ impl Controller {
             .map(|r| r.status().as_u16())
     }
 
-    /// Polls `/readyz` every `every` until 200; returns when it first answered 200.
-    pub async fn wait_ready(&mut self, every: Duration, timeout: Duration) -> Result<Instant> {
+    /// Polls `/readyz?verbose` every `every` until it answers 200 with the
+    /// controller's own checks listed and passing ([`CONTROLLER_CHECKS`]).
+    pub async fn wait_ready(&mut self, every: Duration, timeout: Duration) -> Result<Ready> {
         let deadline = Instant::now() + timeout;
+        let mut first_200 = None;
         loop {
-            if self.status("/readyz").await == Some(200) {
-                return Ok(Instant::now());
+            if let Some((200, body)) = self.get("/readyz?verbose").await {
+                let now = Instant::now();
+                first_200.get_or_insert(now);
+                if CONTROLLER_CHECKS
+                    .iter()
+                    .all(|check| body.contains(&format!("[+]{check} ")))
+                {
+                    return Ok(Ready {
+                        first_200: first_200.unwrap_or(now),
+                        ready: now,
+                    });
+                }
             }
             self.fail_if_exited("before ready")?;
             if Instant::now() > deadline {
@@ -122,6 +147,13 @@ impl Controller {
             }
             tokio::time::sleep(every).await;
         }
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let url = format!("http://{}{path}", self.admin);
+        let response = self.http.get(url).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
     }
 
     /// One scrape of `/metrics`.
@@ -159,6 +191,11 @@ impl Controller {
     /// Current resident set size (`VmRSS`), in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
         self.proc_status_kib("VmRSS")
+    }
+
+    /// CPU time used so far (user + system), seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        cpu_seconds(&format!("/proc/{}/stat", self.pid()))
     }
 
     fn proc_status_kib(&self, field: &str) -> Result<u64> {
@@ -265,4 +302,23 @@ impl Metrics {
             .collect();
         (!values.is_empty()).then(|| values.iter().sum())
     }
+}
+
+/// User + system CPU time of the process whose `stat` file is `path`, seconds.
+pub fn cpu_seconds(path: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    // Fields after "(comm) ": state is field 3, utime 14, stime 15 (man 5 proc).
+    let after = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("no field {} in {path}", i + 3))
+    };
+    // Clock ticks are 1/100 s on Linux (sysconf(_SC_CLK_TCK), fixed by the ABI).
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }

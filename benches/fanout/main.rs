@@ -35,7 +35,7 @@ use clap::Parser;
 use bench::Bench;
 use cluster::Cluster;
 use machine::{Machine, Versions};
-use options::{Options, Section, Shape};
+use options::{Limits, Options, Section, Shape};
 use results::Results;
 
 /// Hand-written findings included in the report.
@@ -68,6 +68,7 @@ async fn measure(options: &Options) -> Result<Results> {
         .with_context(|| format!("no fanout binary at {}", options.fanout_bin.display()))?;
     let work_dir = repo.join(&options.work_dir);
     std::fs::create_dir_all(&work_dir)?;
+    remove_old_logs(&work_dir)?;
     let cluster = Cluster::connect(&options.kubeconfig).await?;
     let mut results = Results {
         shape: shape.clone(),
@@ -82,6 +83,7 @@ async fn measure(options: &Options) -> Result<Results> {
             .clone()
             .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
         throughput: Vec::new(),
+        throughput_unlimited: Vec::new(),
         memory: None,
         startup: None,
         drain: Vec::new(),
@@ -105,7 +107,11 @@ async fn measure(options: &Options) -> Result<Results> {
     };
 
     if wanted(Section::Throughput) {
-        results.throughput = throughput::run(&bench).await?;
+        let (sizes, limits) = (&bench.shape.sizes, bench.shape.limits());
+        results.throughput = throughput::run(&bench, sizes, limits, "").await?;
+        save(&mut results)?;
+        let sizes = &bench.shape.unlimited_sizes;
+        results.throughput_unlimited = throughput::run(&bench, sizes, Limits::NONE, "u").await?;
         save(&mut results)?;
     }
     if wanted(Section::Memory) {
@@ -153,6 +159,7 @@ fn write_outputs(options: &Options, results: &Results) -> Result<()> {
         );
         let svg = chart::svg(
             &results.throughput,
+            &results.throughput_unlimited,
             shape.kube_qps,
             shape.kube_burst,
             &title,
@@ -170,6 +177,18 @@ fn write_outputs(options: &Options, results: &Results) -> Result<()> {
         let text = report::markdown(results, chart_link.as_deref(), analysis.as_deref());
         std::fs::write(report, text)?;
         eprintln!("wrote {}", report.display());
+    }
+    Ok(())
+}
+
+/// The controller logs of an earlier run, which this run's would mix with.
+fn remove_old_logs(work_dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(work_dir)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with("fanout-") && name.ends_with(".log") {
+            std::fs::remove_file(&path)?;
+        }
     }
     Ok(())
 }

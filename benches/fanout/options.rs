@@ -83,6 +83,23 @@ pub enum Section {
     Handover,
 }
 
+/// A client-side QPS/burst limit, applied alike to the controller and the baseline.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests per second.
+    pub qps: u32,
+    /// Burst.
+    pub burst: u32,
+}
+
+impl Limits {
+    /// So high that only the API server limits: its own limit is measured.
+    pub const NONE: Limits = Limits {
+        qps: 1_000_000,
+        burst: 1_000_000,
+    };
+}
+
 /// The sizes of everything a run does, from `--quick` and the overrides.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Shape {
@@ -92,6 +109,9 @@ pub struct Shape {
     pub repeats: usize,
     /// Fan-out sizes.
     pub sizes: Vec<usize>,
+    /// Fan-out sizes also run without any client-side limit (the API server's own limit).
+    #[serde(default)]
+    pub unlimited_sizes: Vec<usize>,
     /// Fan-out size whose status writes are counted (the largest size up to 1,000).
     pub status_size: usize,
     /// Fanouts in the memory section.
@@ -135,7 +155,16 @@ impl Shape {
             .filter(|&n| n <= 1_000)
             .max()
             .unwrap_or(sizes[0]);
+        let unlimited_sizes = if quick {
+            vec![1_000]
+        } else {
+            vec![1_000, 5_000]
+        };
         Shape {
+            unlimited_sizes: unlimited_sizes
+                .into_iter()
+                .filter(|n| sizes.contains(n))
+                .collect(),
             quick,
             repeats: options.repeats.unwrap_or(if quick { 1 } else { 3 }),
             status_size,
@@ -169,13 +198,21 @@ impl Shape {
             .max(self.handover_fanouts)
     }
 
-    /// The controller flags every measured process gets.
-    pub fn controller_flags(&self) -> Vec<String> {
+    /// The client-side limit of the report's main figures.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            qps: self.kube_qps,
+            burst: self.kube_burst,
+        }
+    }
+
+    /// The controller flags every measured process gets, with `limits`.
+    pub fn controller_flags(&self, limits: Limits) -> Vec<String> {
         vec![
             "--kube-qps".into(),
-            self.kube_qps.to_string(),
+            limits.qps.to_string(),
             "--kube-burst".into(),
-            self.kube_burst.to_string(),
+            limits.burst.to_string(),
             "--fanout-concurrency".into(),
             self.fanout_concurrency.to_string(),
             "--status-interval".into(),

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::options;
 use crate::results::{RequestCount, Results, ThroughputRun};
 use crate::stats::{duration, median, mib};
 
@@ -35,6 +36,7 @@ pub fn markdown(results: &Results, chart: Option<&str>, analysis: Option<&str>) 
         let _ = writeln!(s, "{}\n", analysis.trim());
     }
     throughput(&mut s, results, chart);
+    unlimited(&mut s, results);
     status_writes(&mut s, results);
     memory(&mut s, results);
     startup(&mut s, results);
@@ -126,6 +128,22 @@ fn goals(s: &mut String, r: &Results) {
             text.join(", "),
             verdict(worst <= RATIO_GOAL)
         );
+        let unlimited: Vec<String> = by_size(&r.throughput_unlimited)
+            .iter()
+            .filter_map(|(n, runs)| {
+                Some(format!(
+                    "{:.2}x at {n}",
+                    median(runs.iter().map(|r| r.ratio()))?
+                ))
+            })
+            .collect();
+        if !unlimited.is_empty() {
+            let _ = writeln!(
+                s,
+                "| (for reference, no client-side limit: the API server's own) | {} | — |",
+                unlimited.join(", ")
+            );
+        }
         let status_n = r.shape.status_size;
         if let Some(writes) = median(
             r.throughput
@@ -233,34 +251,18 @@ fn throughput(s: &mut String, r: &Results, chart: Option<&str>) {
          status with `summary.synced == N` seen through a watch. **Baseline**: the same N creates of the \
          same Secret (same data, labels and annotations of the same size) by a plain kube client loop, \
          no controller. Each repeat runs both back to back (alternating which goes first) into namespaces \
-         holding no copy yet. Ratio = Fanout / baseline within a repeat, median over repeats.\n"
+         holding no copy yet. Ratio = Fanout / baseline within a repeat, median over repeats; \
+         \"Fanout - baseline\" likewise the median of the per-repeat differences.\n"
     );
     if let Some(chart) = chart {
         let _ = writeln!(s, "![time to all Synced against N]({chart})\n");
     }
-    let _ = writeln!(
+    throughput_table(
         s,
-        "| N | baseline | Fanout | ratio | copies/s baseline | copies/s Fanout | floor (N - burst)/QPS | ratios per repeat |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---|"
+        &r.throughput,
+        Some((r.shape.kube_qps, r.shape.kube_burst)),
     );
-    for (n, runs) in by_size(&r.throughput) {
-        let b = median(runs.iter().map(|r| r.baseline_seconds)).unwrap_or(f64::NAN);
-        let f = median(runs.iter().map(|r| r.fanout_seconds)).unwrap_or(f64::NAN);
-        let q = median(runs.iter().map(|r| r.ratio())).unwrap_or(f64::NAN);
-        let each: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.ratio())).collect();
-        let _ = writeln!(
-            s,
-            "| {n} | {} | {} | {q:.2}x | {:.0} | {:.0} | {} | {} |",
-            duration(b),
-            duration(f),
-            n as f64 / b,
-            n as f64 / f,
-            duration(
-                n.saturating_sub(r.shape.kube_burst as usize) as f64 / f64::from(r.shape.kube_qps)
-            ),
-            each.join(", ")
-        );
-    }
+    cpu_table(s, &r.throughput);
     if let Some(largest) = r
         .throughput
         .iter()
@@ -296,6 +298,110 @@ fn throughput(s: &mut String, r: &Results, chart: Option<&str>) {
         "\nController peak RSS during these fan-outs: {}.\n",
         peaks.join(", ")
     );
+}
+
+/// One row per N; `floor` is the (qps, burst) limit whose floor is shown.
+fn throughput_table(s: &mut String, runs: &[ThroughputRun], floor: Option<(u32, u32)>) {
+    let _ = writeln!(
+        s,
+        "| N | baseline | Fanout | ratio | Fanout - baseline | copies/s baseline | copies/s Fanout |{} ratios per repeat |\n\
+         |---:|---:|---:|---:|---:|---:|---:|{}---|",
+        if floor.is_some() {
+            " floor (N - burst)/QPS |"
+        } else {
+            ""
+        },
+        if floor.is_some() { "---:|" } else { "" },
+    );
+    for (n, runs) in by_size(runs) {
+        let b = median(runs.iter().map(|r| r.baseline_seconds)).unwrap_or(f64::NAN);
+        let f = median(runs.iter().map(|r| r.fanout_seconds)).unwrap_or(f64::NAN);
+        let q = median(runs.iter().map(|r| r.ratio())).unwrap_or(f64::NAN);
+        let gap =
+            median(runs.iter().map(|r| r.fanout_seconds - r.baseline_seconds)).unwrap_or(f64::NAN);
+        let each: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.ratio())).collect();
+        let floor = floor
+            .map(|(qps, burst)| {
+                format!(
+                    " {} |",
+                    duration(n.saturating_sub(burst as usize) as f64 / f64::from(qps))
+                )
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {} | {q:.2}x | {:+.0} ms | {:.0} | {:.0} |{floor} {} |",
+            duration(b),
+            duration(f),
+            gap * 1000.0,
+            n as f64 / b,
+            n as f64 / f,
+            each.join(", ")
+        );
+    }
+}
+
+/// CPU per 1,000 copies: the client loop (the bench process) or the
+/// controller, and kube-apiserver + etcd while each ran.
+fn cpu_table(s: &mut String, runs: &[ThroughputRun]) {
+    let _ = writeln!(
+        s,
+        "\nCPU time per 1,000 copies (medians): the baseline's client loop (the bench process) against the \
+         controller process, and kube-apiserver + etcd during each:\n\n\
+         | N | client loop | controller | control plane, baseline | control plane, Fanout |\n\
+         |---:|---:|---:|---:|---:|"
+    );
+    for (n, runs) in by_size(runs) {
+        let per_1000 = |pick: &dyn Fn(&ThroughputRun) -> Option<f64>| {
+            median(runs.iter().filter_map(|r| pick(r)))
+                .map(|cpu| duration(cpu * 1000.0 / n as f64))
+                .unwrap_or_else(|| "-".into())
+        };
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {} | {} | {} |",
+            per_1000(&|r| Some(r.baseline_cpu_seconds)),
+            per_1000(&|r| Some(r.fanout_cpu_seconds)),
+            per_1000(&|r| r.baseline_control_plane_cpu_seconds),
+            per_1000(&|r| r.fanout_control_plane_cpu_seconds),
+        );
+    }
+}
+
+fn unlimited(s: &mut String, r: &Results) {
+    if r.throughput_unlimited.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "### 1b. Against the API server's own limit\n\n\
+         The same runs with no client-side limit on either side (`--kube-qps` and `--kube-burst` \
+         {}): the API server (sharing the 2 cores with etcd, the controller and the bench) is the limit, \
+         and the controller's own CPU time competes with it.\n",
+        options::Limits::NONE.qps
+    );
+    throughput_table(s, &r.throughput_unlimited, None);
+    cpu_table(s, &r.throughput_unlimited);
+    if let Some(largest) = r
+        .throughput_unlimited
+        .iter()
+        .filter(|t| t.repeat == 0)
+        .max_by_key(|t| t.n)
+    {
+        let _ = writeln!(
+            s,
+            "\nAPI requests during the N = {} runs of the first repeat:\n",
+            largest.n
+        );
+        requests_table(
+            s,
+            &[
+                ("Fanout", &largest.fanout_requests),
+                ("baseline", &largest.baseline_requests),
+            ],
+        );
+    }
+    s.push('\n');
 }
 
 fn requests_table(s: &mut String, columns: &[(&str, &[RequestCount])]) {
@@ -404,9 +510,10 @@ fn startup(s: &mut String, r: &Results) {
     let _ = writeln!(
         s,
         "## 4. Start to ready\n\n\
-         {} converged Fanouts, each with its own source Secret and one target namespace (the controller \
-         opens one metadata-only watch per distinct source, so this is the costly shape). Each start is \
-         a fresh process; `/readyz` polled every 5 ms. The last start is made through a TCP gate that \
+         {} converged Fanouts in one namespace, each with its own source Secret and one target namespace \
+         (a start then reads 1,000 sources and checks 1,000 targets). Each start is \
+         a fresh process; `/readyz?verbose` polled every 5 ms, ready = the first 200 that lists the controller's \
+         `crd-served` and `caches-synced` checks passing. The last start is made through a TCP gate that \
          holds the API server unreachable until 1 s after the process listens, then opens: \"from the API \
          server answering\" is timed from the opening.\n",
         start.fanouts
@@ -429,6 +536,23 @@ fn startup(s: &mut String, r: &Results) {
             duration(run.to_ready_seconds),
             duration(run.to_leader_seconds),
             duration(run.to_reconciled_seconds)
+        );
+    }
+    let premature: Vec<String> = start
+        .runs
+        .iter()
+        .filter_map(|run| run.premature_200_seconds)
+        .map(duration)
+        .collect();
+    if !premature.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n**A premature 200**: `/readyz` answered 200 {} after spawn in {} of {} starts, before the \
+             controller had registered its `crd-served` and `caches-synced` checks (only the admin \
+             self-ping was listed). The times above are to the first 200 that lists both checks passing.",
+            premature.join(", "),
+            premature.len(),
+            start.runs.len()
         );
     }
     let _ = writeln!(

@@ -26,6 +26,9 @@ pub struct Results {
     pub command: String,
     /// Fan-out runs (section 1 and 2).
     pub throughput: Vec<ThroughputRun>,
+    /// Fan-out runs without a client-side limit (the API server's own limit).
+    #[serde(default)]
+    pub throughput_unlimited: Vec<ThroughputRun>,
     /// Section 3.
     pub memory: Option<MemoryResult>,
     /// Section 4.
@@ -69,6 +72,19 @@ pub struct ThroughputRun {
     pub baseline_seconds: f64,
     /// Fanout: created to status `synced == n` seen through a watch.
     pub fanout_seconds: f64,
+    /// CPU time of the bench process during the baseline (the client loop; the
+    /// bench does nothing else meanwhile), seconds.
+    #[serde(default)]
+    pub baseline_cpu_seconds: f64,
+    /// CPU time of the controller process during the fan-out, seconds.
+    #[serde(default)]
+    pub fanout_cpu_seconds: f64,
+    /// CPU time of kube-apiserver + etcd during the baseline, seconds.
+    #[serde(default)]
+    pub baseline_control_plane_cpu_seconds: Option<f64>,
+    /// CPU time of kube-apiserver + etcd during the fan-out (created to synced), seconds.
+    #[serde(default)]
+    pub fanout_control_plane_cpu_seconds: Option<f64>,
     /// Status versions seen through the watch on the Fanout (each one a status write).
     pub status_changes: usize,
     /// PATCH/PUT requests on `fanouts/status` counted by the API server during the fan-out.
@@ -159,6 +175,10 @@ pub struct StartupRun {
     /// When the API server was held unreachable at first: from the moment it
     /// answered to `/readyz` 200 (the process itself was already up).
     pub api_answering_to_ready_seconds: Option<f64>,
+    /// Spawn to a `/readyz` 200 that came before the controller's own
+    /// checks were registered (a 200 that does not mean ready), if one was seen.
+    #[serde(default)]
+    pub premature_200_seconds: Option<f64>,
 }
 
 /// Section 5: one SIGTERM mid-fan-out.
