@@ -9,12 +9,17 @@
 //!   standby is ready, otherwise a `maxUnavailable: 0` rollout could never
 //!   make progress. The drain flag flips it to 503 the instant a shutdown
 //!   begins, before anything else happens.
-//! - **Liveness** — "restart me": fails only when a heartbeat has gone silent
-//!   for longer than its allowance, i.e. a loop is wedged. It stays 200 during
-//!   a drain, so kubelet does not kill a pod that is shutting down on purpose.
+//! - **Liveness** — "restart me": fails only when a loop is wedged: a
+//!   [`Heartbeat`] has gone silent for longer than its allowance (a timer
+//!   loop that stopped turning), or a [`Watchdog`] has work in flight that has
+//!   made no progress for longer than its allowance (a reconcile loop stuck
+//!   on something that never completes). It passes whenever a drain has
+//!   begun, so kubelet does not kill a pod that is shutting down on purpose,
+//!   and it never depends on the API server: a request that fails is
+//!   progress too.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -30,13 +35,27 @@ pub struct Health {
 struct Inner {
     draining: AtomicBool,
     checks: Mutex<BTreeMap<&'static str, Arc<AtomicBool>>>,
-    heartbeats: Mutex<BTreeMap<&'static str, Arc<HeartbeatState>>>,
+    liveness: Mutex<BTreeMap<&'static str, LivenessCheck>>,
+}
+
+/// What a liveness check watches.
+#[derive(Clone, Debug)]
+enum LivenessCheck {
+    Heartbeat(Arc<HeartbeatState>),
+    Watchdog(Arc<WatchdogState>),
 }
 
 #[derive(Debug)]
 struct HeartbeatState {
     last: Mutex<Instant>,
     max_silence: Duration,
+}
+
+#[derive(Debug)]
+struct WatchdogState {
+    in_flight: AtomicUsize,
+    last_progress: Mutex<Instant>,
+    allowance: Duration,
 }
 
 /// A named readiness condition owned by one component; starts failing.
@@ -50,6 +69,26 @@ pub struct ReadinessCheck {
 #[derive(Clone, Debug)]
 pub struct Heartbeat {
     state: Arc<HeartbeatState>,
+}
+
+/// A liveness check for a loop that works in bursts (a reconcile loop):
+/// it fails only while work is in flight and none of it has progressed for
+/// longer than the allowance. An idle loop is alive, however long it idles.
+///
+/// The loop holds a [`Busy`] guard per unit of work and calls
+/// [`Watchdog::progress`] whenever something finishes (an API call, with
+/// any result); what counts is that *something* moves, so work waiting its
+/// turn behind other work that moves is not a wedge.
+#[derive(Clone, Debug)]
+pub struct Watchdog {
+    state: Arc<WatchdogState>,
+}
+
+/// One unit of work in flight for a [`Watchdog`]; ends when dropped.
+#[derive(Debug)]
+#[must_use = "the work counts as in flight only while the guard lives"]
+pub struct Busy {
+    state: Arc<WatchdogState>,
 }
 
 /// One line of `/readyz?verbose` or `/livez?verbose`.
@@ -95,8 +134,20 @@ impl Health {
             last: Mutex::new(Instant::now()),
             max_silence,
         });
-        lock(&self.inner.heartbeats).insert(name, state.clone());
+        lock(&self.inner.liveness).insert(name, LivenessCheck::Heartbeat(state.clone()));
         Heartbeat { state }
+    }
+
+    /// Registers a [`Watchdog`] named `name` that fails `/livez` when work
+    /// in flight makes no progress for longer than `allowance`.
+    pub fn watchdog(&self, name: &'static str, allowance: Duration) -> Watchdog {
+        let state = Arc::new(WatchdogState {
+            in_flight: AtomicUsize::new(0),
+            last_progress: Mutex::new(Instant::now()),
+            allowance,
+        });
+        lock(&self.inner.liveness).insert(name, LivenessCheck::Watchdog(state.clone()));
+        Watchdog { state }
     }
 
     /// Marks the process as draining: readiness fails from now on, for good.
@@ -128,15 +179,17 @@ impl Health {
         }
     }
 
-    /// Evaluates liveness: every heartbeat beat within its allowance.
-    /// Draining does not affect it.
+    /// Evaluates liveness: every heartbeat beat within its allowance and
+    /// every watchdog's work moved within its own. Once a drain has begun
+    /// every check passes: the process is stopping on purpose.
     pub fn liveness(&self) -> Report {
         let now = Instant::now();
-        let checks: Vec<CheckResult> = lock(&self.inner.heartbeats)
+        let draining = self.is_draining();
+        let checks: Vec<CheckResult> = lock(&self.inner.liveness)
             .iter()
-            .map(|(name, hb)| CheckResult {
+            .map(|(name, check)| CheckResult {
                 name: (*name).to_owned(),
-                ok: now.saturating_duration_since(*lock(&hb.last)) <= hb.max_silence,
+                ok: draining || check.alive(now),
             })
             .collect();
         Report {
@@ -150,6 +203,44 @@ impl ReadinessCheck {
     /// Sets whether this check passes.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+}
+
+impl LivenessCheck {
+    fn alive(&self, now: Instant) -> bool {
+        match self {
+            Self::Heartbeat(hb) => now.saturating_duration_since(*lock(&hb.last)) <= hb.max_silence,
+            Self::Watchdog(dog) => {
+                dog.in_flight.load(Ordering::SeqCst) == 0
+                    || now.saturating_duration_since(*lock(&dog.last_progress)) <= dog.allowance
+            }
+        }
+    }
+}
+
+impl Watchdog {
+    /// Marks one unit of work in flight until the guard is dropped. Starting
+    /// work from idle counts as progress: the idle time before it does not.
+    pub fn busy(&self) -> Busy {
+        if self.state.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.progress();
+        }
+        Busy {
+            state: self.state.clone(),
+        }
+    }
+
+    /// Records that work in flight moved just now.
+    pub fn progress(&self) {
+        *lock(&self.state.last_progress) = Instant::now();
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        // Finishing is progress for whatever is still in flight.
+        *lock(&self.state.last_progress) = Instant::now();
     }
 }
 
@@ -198,12 +289,40 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_watchdog_fails_only_for_work_in_flight_that_stopped_moving() {
+        let health = Health::new();
+        let dog = health.watchdog("reconciles", Duration::from_secs(60));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(health.liveness().ok, "idle for an hour is alive");
+        let stuck = dog.busy();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(health.liveness().ok);
+        let other = dog.busy();
+        dog.progress();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(health.liveness().ok, "progress by any work counts");
+        drop(other);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let report = health.liveness();
+        assert!(!report.ok, "work in flight, nothing moved for 61s");
+        assert_eq!(
+            report.checks,
+            [CheckResult {
+                name: "reconciles".into(),
+                ok: false
+            }]
+        );
+        health.begin_drain();
+        assert!(health.liveness().ok, "never during a drain");
+        drop(stuck);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn liveness_fails_only_when_a_heartbeat_goes_silent() {
         let health = Health::new();
         let hb = health.heartbeat("loop", Duration::from_secs(10));
-        health.begin_drain();
         tokio::time::advance(Duration::from_secs(9)).await;
-        assert!(health.liveness().ok, "draining does not fail liveness");
+        assert!(health.liveness().ok);
         hb.beat();
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(health.liveness().ok);
@@ -211,5 +330,8 @@ mod tests {
         assert!(!health.liveness().ok, "11s of silence > 10s allowance");
         hb.beat();
         assert!(health.liveness().ok);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        health.begin_drain();
+        assert!(health.liveness().ok, "a drain never fails liveness");
     }
 }

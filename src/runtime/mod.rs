@@ -6,12 +6,16 @@
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease;
 //! - [`metrics`]: the runtime's own Prometheus series;
 //! - [`batch`]: bounded, ordered, cancellable concurrent batches;
-//! - [`ratelimit`]: client-side QPS/burst limit for the kube client.
+//! - [`ratelimit`]: client-side QPS/burst limit for the kube client;
+//! - [`deadline`]: a deadline on every API request that is not a watch;
+//! - [`client`]: the work client and the lease client built from those.
 //!
 //! A controller receives the pieces it needs as one [`Handles`].
 
 pub mod admin;
 pub mod batch;
+pub mod client;
+pub mod deadline;
 pub mod health;
 pub mod lease;
 pub mod metrics;
@@ -25,8 +29,11 @@ pub mod shutdown;
 /// in-flight work when `abort` fires; see [`shutdown`] for the order.
 #[derive(Clone)]
 pub struct Handles {
-    /// A kube client behind the client-side rate limit.
+    /// A kube client behind the client-side rate limit and the request
+    /// deadline.
     pub client: kube::Client,
+    /// The API server's address, for messages that must say where.
+    pub api_server: String,
     /// The registry `/metrics` serves.
     pub registry: prometheus::Registry,
     /// Readiness checks and liveness heartbeats.
