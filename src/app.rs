@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use kube::client::ClientBuilder;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -13,10 +12,10 @@ use crate::config::Config;
 use crate::fanout;
 use crate::runtime::Handles;
 use crate::runtime::admin::{self, AdminError, AdminServer, AdminState};
+use crate::runtime::client::{self, ClientError, ClientSettings};
 use crate::runtime::health::Health;
-use crate::runtime::lease::{Leadership, LeaseSettings};
+use crate::runtime::lease::{Leadership, LeaseSettings, Timings};
 use crate::runtime::metrics::RuntimeMetrics;
-use crate::runtime::ratelimit::RateLimitLayer;
 use crate::runtime::shutdown::{self, Phase, Shutdown, SignalError};
 
 // After the drain deadline, what is left must fit in the margin between
@@ -50,6 +49,9 @@ pub enum AppError {
     /// No usable kubeconfig or in-cluster configuration.
     #[error("cannot configure the Kubernetes client")]
     KubeConfig(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The clients could not be built from it.
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 /// Runs the controller until a signal drains it; returns the exit code:
@@ -62,6 +64,10 @@ pub async fn run(config: Config) -> Result<ExitCode, AppError> {
     let shutdown = Shutdown::new(health.clone(), metrics.clone());
     // Signals first: a SIGTERM during start-up must drain, not kill.
     let _signals = shutdown::spawn_signal_handler(shutdown.clone(), config.shutdown_timeout)?;
+    // Every check readiness depends on exists before /readyz first answers.
+    for check in fanout::READINESS_CHECKS {
+        health.readiness_check(check);
+    }
 
     let admin = AdminServer::start(
         config.admin_addr,
@@ -76,21 +82,36 @@ pub async fn run(config: Config) -> Result<ExitCode, AppError> {
     spawn_self_ping(&admin, &health, background.clone());
     spawn_runtime_heartbeat(&health, background.clone());
 
-    let client = kube_client(&config).await?;
+    let kube_config = kube_config(&config).await?;
+    let api_server = kube_config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_owned();
     // Computed once: without a pod name it carries a random suffix.
     let identity = config.identity();
+    let user_agent = format!("fanout/{} ({identity})", env!("CARGO_PKG_VERSION"));
+    let client = client::work_client(
+        kube_config.clone(),
+        &ClientSettings {
+            qps: config.kube_qps,
+            burst: config.kube_burst,
+            request_timeout: config.write_timeout,
+            user_agent: user_agent.clone(),
+        },
+    )?;
     let leadership = if config.leader_election {
-        Leadership::spawn(
-            client.clone(),
-            lease_settings(&config, &identity),
-            metrics.clone(),
-        )
+        let settings = lease_settings(&config, &identity, &api_server);
+        let timeout = Timings::for_duration(settings.duration).request_timeout;
+        let lease_client = client::lease_client(kube_config, timeout, &user_agent)?;
+        Leadership::spawn(lease_client, settings, metrics.clone())
     } else {
         metrics.set_leader(true);
         Leadership::always()
     };
     let handles = Handles {
         client,
+        api_server,
         registry,
         health,
         leader: leadership.subscribe(),
@@ -184,34 +205,29 @@ fn spawn_runtime_heartbeat(health: &Health, stop: CancellationToken) {
     });
 }
 
-/// A kube client from `--kubeconfig` or the usual inference, behind the
-/// client-side rate limit.
-async fn kube_client(config: &Config) -> Result<kube::Client, AppError> {
+/// The client configuration from `--kubeconfig` or the usual inference.
+async fn kube_config(config: &Config) -> Result<kube::Config, AppError> {
     let boxed = |e: kube::config::KubeconfigError| AppError::KubeConfig(Box::new(e));
-    let kube_config = match &config.kubeconfig {
+    match &config.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(boxed)?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                 .await
-                .map_err(boxed)?
+                .map_err(boxed)
         }
         None => kube::Config::infer()
             .await
-            .map_err(|e| AppError::KubeConfig(Box::new(e)))?,
-    };
-    let builder =
-        ClientBuilder::try_from(kube_config).map_err(|e| AppError::KubeConfig(Box::new(e)))?;
-    Ok(builder
-        .with_layer(&RateLimitLayer::new(config.kube_qps, config.kube_burst))
-        .build())
+            .map_err(|e| AppError::KubeConfig(Box::new(e))),
+    }
 }
 
-fn lease_settings(config: &Config, identity: &str) -> LeaseSettings {
+fn lease_settings(config: &Config, identity: &str, api_server: &str) -> LeaseSettings {
     LeaseSettings {
         name: config.lease_name.clone(),
         namespace: config.lease_namespace(),
         identity: identity.to_owned(),
         duration: config.lease_duration,
+        server: api_server.to_owned(),
     }
 }
 

@@ -78,7 +78,7 @@ pub struct Config {
     )]
     pub fanout_concurrency: NonZeroUsize,
 
-    /// Deadline of each single target write.
+    /// Deadline of every API request but watches: target writes, reads, status patches.
     #[arg(long, env = "FANOUT_WRITE_TIMEOUT", default_value = "10s", value_parser = positive_duration, value_name = "DURATION")]
     pub write_timeout: Duration,
 
@@ -94,7 +94,8 @@ pub struct Config {
     #[arg(long, env = "FANOUT_LEASE_NAMESPACE", value_parser = dns_label, value_name = "NAMESPACE")]
     pub lease_namespace: Option<String>,
 
-    /// How long the Lease stays valid after each renewal (a killed leader is replaced after it).
+    /// How long the Lease stays valid after each renewal (a killed leader is replaced after it);
+    /// renewed every 2/3 of it, and a leader that cannot renew steps down at 9/10.
     #[arg(long, env = "FANOUT_LEASE_DURATION", default_value = "15s", value_parser = lease_duration, value_name = "DURATION")]
     pub lease_duration: Duration,
 

@@ -33,8 +33,8 @@ pub async fn run(
     let Some(uid) = fanout.uid() else {
         return Ok(Action::await_change());
     };
-    let mut copies = list::<Secret>(ctx, &uid, &name).await?;
-    copies.extend(list::<ConfigMap>(ctx, &uid, &name).await?);
+    let mut copies = list::<Secret>(ctx, &uid, &name, cancel).await?;
+    copies.extend(list::<ConfigMap>(ctx, &uid, &name, cancel).await?);
     let deleted = prune::delete_all(ctx, copies, cancel).await;
     // Deletes cut off by a drain or a cancel count as remaining.
     if deleted.remaining > 0 || cancel.is_cancelled() {
@@ -45,6 +45,8 @@ pub async fn run(
     }
     info!(fanout = %name, deleted = deleted.deleted, "deleted every copy; releasing the finalizer");
     ctx.metrics.set_summary(&uid, None);
+    ctx.failures
+        .succeeded(&kube::runtime::reflector::ObjectRef::from_obj(fanout));
     if deleted.deleted > 0 {
         let notice = Notice {
             warning: false,
@@ -60,11 +62,14 @@ async fn list<K: Cached>(
     ctx: &Context,
     uid: &str,
     fanout: &str,
+    cancel: &CancellationToken,
 ) -> Result<Vec<CopyRef>, PassError> {
     let api: Api<K> = Api::all(ctx.client.clone());
     let params = ListParams::default().labels(&format!("{OWNER_UID}={uid}"));
-    let list = api
-        .list_metadata(&params)
+    let what = format!("{}s of Fanout {fanout}", K::KIND.as_str().to_lowercase());
+    let list = ctx
+        .caller(cancel)
+        .call("list", &what, || api.list_metadata(&params))
         .await
         .map_err(|source| PassError::ListCopies {
             fanout: fanout.to_owned(),

@@ -14,11 +14,15 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::runtime::health::Watchdog;
+
+use super::api::Caller;
 use super::consent::ConsentRule;
 use super::copy::{CopyKind, Owner};
 use super::crd::Fanout;
 use super::metrics::FanoutMetrics;
 use super::queue::QueueDepth;
+use super::retry::Failures;
 use super::running::Running;
 use super::settings::Settings;
 
@@ -138,12 +142,25 @@ pub struct Context {
     pub abort: CancellationToken,
     /// Queue depth bookkeeping.
     pub queue: QueueDepth,
+    /// Consecutive failed passes per Fanout, for the retry backoff.
+    pub failures: Failures,
+    /// The reconcile loop's liveness watchdog: every running reconcile
+    /// holds it busy, every API call that ends moves it.
+    pub watchdog: Watchdog,
 }
 
 impl Context {
     /// Whether this process may write now.
     pub fn is_leader(&self) -> bool {
         *self.leader.borrow()
+    }
+
+    /// Makes API calls for work cancelled by `cancel` (see [`Caller`]).
+    pub fn caller<'a>(&'a self, cancel: &'a CancellationToken) -> Caller<'a> {
+        Caller {
+            cancel,
+            watchdog: &self.watchdog,
+        }
     }
 
     /// The consent rule in force.

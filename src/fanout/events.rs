@@ -126,22 +126,27 @@ fn past_tense(operation: Operation) -> &'static str {
     }
 }
 
-/// How long one Event may take: a slow API server must not hold a pass
-/// (or a drain) for a courtesy.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long publishing a pass's Events may take, all together: a slow API
+/// server must not hold a pass (or a drain) for a courtesy.
+const PUBLISH_BUDGET: Duration = Duration::from_secs(2);
 
-/// Publishes `notices` on `fanout`; failures are logged, never fatal (an
-/// Event is a courtesy, the status is the record). `cancel` (the pass's
-/// token) abandons what is left: a drain deadline must not wait on Events.
+/// Publishes `notices` on `fanout`, all at once, within [`PUBLISH_BUDGET`];
+/// failures are logged, never fatal (an Event is a courtesy, the status is
+/// the record). `cancel` (the pass's token) abandons what is left: a drain
+/// deadline must not wait on Events.
 pub async fn publish(
     recorder: &Recorder,
     fanout: &Fanout,
     notices: Vec<Notice>,
     cancel: &CancellationToken,
 ) {
+    if notices.is_empty() {
+        return;
+    }
     let reference = fanout.object_ref(&());
-    for notice in notices {
-        let event = Event {
+    let events: Vec<Event> = notices
+        .into_iter()
+        .map(|notice| Event {
             type_: if notice.warning {
                 EventType::Warning
             } else {
@@ -151,18 +156,19 @@ pub async fn publish(
             reason: notice.reason,
             note: Some(truncate(notice.note)),
             secondary: None,
-        };
-        let published = tokio::select! {
-            published = tokio::time::timeout(PUBLISH_TIMEOUT, recorder.publish(&event, &reference)) => published,
-            () = cancel.cancelled() => {
-                warn!(reason = %event.reason, "abandoned publishing an event: the pass was cancelled");
-                return;
-            }
-        };
-        match published {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => warn!(%error, reason = %event.reason, "cannot publish event"),
-            Err(_) => warn!(reason = %event.reason, "publishing an event timed out"),
+        })
+        .collect();
+    let all = futures::future::join_all(events.iter().map(|event| async {
+        if let Err(error) = recorder.publish(event, &reference).await {
+            warn!(%error, reason = %event.reason, "cannot publish event");
+        }
+    }));
+    tokio::select! {
+        finished = tokio::time::timeout(PUBLISH_BUDGET, all) => if finished.is_err() {
+            warn!(events = events.len(), "publishing events took longer than {PUBLISH_BUDGET:?}; gave up");
+        },
+        () = cancel.cancelled() => {
+            warn!(events = events.len(), "abandoned publishing events: the pass was cancelled");
         }
     }
 }

@@ -22,6 +22,7 @@
 //! semaphore and `--write-timeout` → outcomes in resolution order → a status
 //! snapshot → written at most once per `--status-interval` and once at the end.
 
+pub mod api;
 pub mod cleanup;
 pub mod consent;
 pub mod context;
@@ -69,15 +70,16 @@ use sources::SourceWatches;
 use watches::Watches;
 
 pub use crd::{Fanout, FanoutSpec, FanoutStatus, crd_yaml};
-pub use settings::{Settings, WriteDelay};
+pub use readiness::READINESS_CHECKS;
+pub use settings::Settings;
 
-/// How long the controller loop may stay silent before `/livez` fails.
-const HEARTBEAT_ALLOWANCE: Duration = Duration::from_secs(60);
-/// How often the loop beats while idle.
-const HEARTBEAT_TICK: Duration = Duration::from_secs(5);
-/// After the drain deadline, how long to wait for cancelled reconciles to
-/// notice before dropping them outright.
-const ABORT_GRACE: Duration = Duration::from_secs(2);
+/// The least time reconciles in flight may go without any progress (an API
+/// call ending, with any result) before `/livez` fails: a pass waits on
+/// calls that each end within `--write-timeout`, backoffs of a few seconds
+/// and its turn at the write cap, all of which move as long as anything
+/// moves. Four write timeouts, and never less than this, is far beyond
+/// what a working loop takes.
+const WEDGE_ALLOWANCE_FLOOR: Duration = Duration::from_secs(60);
 
 /// Errors that stop the controller before it runs.
 #[derive(Debug, thiserror::Error)]
@@ -92,16 +94,20 @@ pub enum Error {
 /// - Watches run and caches fill whether or not this process leads; only the
 ///   leader reconciles, and becoming leader requests every Fanout.
 /// - Readiness checks `crd-served` and `caches-synced` follow the cluster;
-///   the heartbeat `fanout-controller` beats from the controller loop.
+///   the liveness watchdog `reconciles` fails if reconciles are in flight
+///   and none of them has made progress for a long time (a wedged loop).
 /// - On `drain`: no reconcile starts, running passes launch no new target,
 ///   writes in flight finish, each interrupted Fanout gets its final ordered
 ///   status (finished targets with their result, the rest `Pending`), then
 ///   this returns.
-/// - On `abort`: running passes drop their writes (each abandoned target is
-///   logged) and this returns within a couple of seconds.
+/// - On `abort`: every running reconcile is named in the log and
+///   cancelled; passes drop their writes (each abandoned target is logged)
+///   and this returns as soon as they have; the runtime stops waiting after
+///   its own grace.
 pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
     let Handles {
         client,
+        api_server,
         registry,
         health,
         leader,
@@ -109,8 +115,10 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
         abort,
     } = handles;
     let metrics = FanoutMetrics::register(&registry).map_err(Error::Metrics)?;
-    let heartbeat = health.heartbeat("fanout-controller", HEARTBEAT_ALLOWANCE);
+    let allowance = WEDGE_ALLOWANCE_FLOOR.max(settings.write_timeout * 4);
+    let watchdog = health.watchdog("reconciles", allowance);
     let running = Running::default();
+    let abandoned = running.clone();
     let (fanout_store, fanout_writer) = reflector::store();
     let (source_requests, source_receiver) = futures::channel::mpsc::unbounded();
     let sources = SourceWatches::new(
@@ -144,12 +152,15 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
         drain: drain.clone(),
         abort: abort.clone(),
         queue: queue.clone(),
+        failures: retry::Failures::new(settings.retry_interval / 3),
+        watchdog,
         settings: settings.clone(),
     });
 
     let background = TaskTracker::new();
     background.spawn(readiness::track_crd_served(
         client.clone(),
+        api_server,
         health.readiness_check("crd-served"),
         drain.clone(),
     ));
@@ -187,11 +198,8 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
     ));
 
     info!(selector = ?settings.fanout_selector, "Fanout controller started");
-    let mut tick = tokio::time::interval(HEARTBEAT_TICK);
     let mut draining = false;
     let mut aborting = false;
-    let abort_grace = tokio::time::sleep(Duration::MAX);
-    let mut abort_grace = pin!(abort_grace);
     loop {
         tokio::select! {
             next = reconciles.next() => match next {
@@ -199,7 +207,6 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
                 Some(Err(error)) => debug!(error = %reconcile::chain(&error), "reconcile did not complete"),
                 None => break,
             },
-            _ = tick.tick() => {}
             () = drain.cancelled(), if !draining => {
                 draining = true;
                 info!("drain: no new reconcile starts; waiting for running ones");
@@ -211,17 +218,14 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
                 }
             }
             () = abort.cancelled(), if !aborting => {
-                // Running passes are cancelled by the same token; give them a
-                // moment to log what they abandon, then drop them.
+                // Running passes are cancelled by the same token (they log
+                // the targets they abandon); name every Fanout left behind.
                 aborting = true;
-                abort_grace.as_mut().reset(tokio::time::Instant::now() + ABORT_GRACE);
-            }
-            () = &mut abort_grace, if aborting => {
-                warn!("drain deadline passed: dropping the reconciles still running");
-                break;
+                for fanout in abandoned.keys() {
+                    warn!(%fanout, "drain deadline passed: abandoning the reconcile of this Fanout");
+                }
             }
         }
-        heartbeat.beat();
     }
     background.wait().await;
     info!("Fanout controller stopped");

@@ -14,7 +14,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -27,41 +26,28 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::api::CallError;
 use super::consent::ConsentRule;
 use super::context::{Cached, Context};
 use super::copy::{OWNER_UID, Owner};
 use super::crd::{Fanout, FanoutStatus, SourceKind, TargetState, TargetStatus};
 use super::events;
-use super::plan::Operation;
+use super::plan::{Operation, Plan};
 use super::prune;
 use super::reconcile::chain;
 use super::retry;
 use super::status::{self, Verdict};
 use super::status_writer::{StatusError, StatusWriter};
 use super::targets::{self, NamespaceView};
-use super::write::{CopyJob, Done, WriteError, Writer, describe};
+use super::write::{self, CopyJob, Done, WriteError, Writer, describe};
 use crate::runtime::batch::{self, BatchOptions, ItemOutcome};
 
 /// A pass that failed and will be retried.
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
     /// The source could not be read (not: it does not exist).
-    #[error("cannot read {object}")]
-    ReadSource {
-        /// The source, e.g. `secret platform/regcred`.
-        object: String,
-        /// Why.
-        #[source]
-        source: kube::Error,
-    },
-    /// Reading the source took longer than the write timeout.
-    #[error("reading {object} timed out after {after:?}")]
-    ReadSourceTimeout {
-        /// The source.
-        object: String,
-        /// The timeout.
-        after: Duration,
-    },
+    #[error("cannot read the source")]
+    ReadSource(#[source] CallError),
     /// The final status could not be written.
     #[error(transparent)]
     Status(#[from] StatusError),
@@ -80,7 +66,7 @@ pub enum PassError {
         fanout: String,
         /// Why.
         #[source]
-        source: kube::Error,
+        source: CallError,
     },
 }
 
@@ -159,12 +145,7 @@ impl<'a> Pass<'a> {
             copy_name: self.fanout.copy_name().to_owned(),
             kind: PhantomData,
         };
-        let (mut entries, work) = self.classify::<K>(&resolved, &job.copy_name);
-        let accepted: HashSet<&str> = work
-            .iter()
-            .filter(|(_, w)| *w == Work::Sync)
-            .map(|(i, _)| resolved[*i].as_str())
-            .collect();
+        let (mut entries, work, accepted) = self.classify(&resolved, &job);
 
         let writer = self.status_writer();
         writer.publish(self.status(&entries, Some(&job.hash), &Verdict::Targets));
@@ -175,7 +156,7 @@ impl<'a> Pass<'a> {
         let options = BatchOptions::new(self.ctx.settings.fanout_concurrency)
             .stop_on(self.ctx.drain.clone())
             .abort_on(self.cancel.clone());
-        let target_writer = Writer::new(self.ctx);
+        let target_writer = Writer::new(self.ctx, self.cancel);
         let (target_writer, job_ref) = (&target_writer, &job);
         let mut outcomes = batch::ordered(work.iter(), options, |_, (index, work)| {
             let namespace = resolved[*index].as_str();
@@ -261,19 +242,12 @@ impl<'a> Pass<'a> {
     async fn read_source<K: Cached>(&self) -> Result<Option<K>, PassError> {
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let name = &self.fanout.spec.source.name;
-        let object = || describe::<K>(&self.namespace, name);
-        let timeout = self.ctx.settings.write_timeout;
-        match tokio::time::timeout(timeout, api.get_opt(name)).await {
-            Ok(Ok(source)) => Ok(source),
-            Ok(Err(source)) => Err(PassError::ReadSource {
-                object: object(),
-                source,
-            }),
-            Err(_) => Err(PassError::ReadSourceTimeout {
-                object: object(),
-                after: timeout,
-            }),
-        }
+        let object = describe::<K>(&self.namespace, name);
+        self.ctx
+            .caller(self.cancel)
+            .call("read", &object, || api.get_opt(name))
+            .await
+            .map_err(PassError::ReadSource)
     }
 
     fn resolve(&self) -> Result<Vec<String>, targets::InvalidSelector> {
@@ -286,16 +260,23 @@ impl<'a> Pass<'a> {
         targets::resolve(&self.fanout.spec.targets, &self.namespace, views)
     }
 
-    /// Initial entries (Pending, or decided without a write) and the work
-    /// list `(entry index, work)`, both in resolution order.
+    /// Initial entries, the work list `(entry index, work)` and the
+    /// namespaces that accept copies, all in resolution order.
+    ///
+    /// What the cache already decides costs no write and is reported at
+    /// once: a true copy is `Synced`, a blocker `Conflict`. Only targets
+    /// that need a write enter the batch (as `Pending`), so a pass that the
+    /// drain stops before it starts anything reports what is true, not a
+    /// list of `Pending` over a converged Fanout.
     fn classify<K: Cached>(
         &self,
         resolved: &[String],
-        copy_name: &str,
-    ) -> (Vec<TargetStatus>, Vec<(usize, Work)>) {
+        job: &CopyJob<K>,
+    ) -> (Vec<TargetStatus>, Vec<(usize, Work)>, HashSet<String>) {
         let consent = self.ctx.consent();
         let mut entries = Vec::with_capacity(resolved.len());
         let mut work = Vec::new();
+        let mut accepted = HashSet::new();
         for (index, target) in resolved.iter().enumerate() {
             let Some(namespace) = self.ctx.stores.namespaces.get(&ObjectRef::new(target)) else {
                 entries.push(failed(target, format!("namespace {target} does not exist")));
@@ -308,16 +289,29 @@ impl<'a> Pass<'a> {
                 ));
             } else if consent.accepts(namespace.labels(), namespace.annotations(), &self.namespace)
             {
-                entries.push(pending(target));
-                work.push((index, Work::Sync));
+                accepted.insert(target.clone());
+                let current = job.cached(self.ctx, target);
+                match job.plan(self.ctx, target, current.as_ref()) {
+                    Plan::Keep => {
+                        entries
+                            .push(write::synced(target, &job.hash, current.as_ref(), None).status);
+                    }
+                    Plan::Conflict(message) => {
+                        entries.push(write::conflict(target, message).status);
+                    }
+                    Plan::Write(_) => {
+                        entries.push(pending(target));
+                        work.push((index, Work::Sync));
+                    }
+                }
             } else {
                 entries.push(refused(target, &self.namespace));
-                if self.owns_copy::<K>(target, copy_name) {
+                if self.owns_copy::<K>(target, &job.copy_name) {
                     work.push((index, Work::Remove));
                 }
             }
         }
-        (entries, work)
+        (entries, work, accepted)
     }
 
     fn owns_copy<K: Cached>(&self, namespace: &str, name: &str) -> bool {
@@ -400,9 +394,17 @@ impl<'a> Pass<'a> {
     fn next_action(&self, last: &FanoutStatus, retry_soon: bool) -> Action {
         let summary = last.summary;
         let settings = &self.ctx.settings;
+        let key = ObjectRef::from_obj(&*self.fanout);
         if self.ctx.drain.is_cancelled() {
-            Action::await_change()
-        } else if retry_soon || summary.failed > 0 || summary.conflict > 0 {
+            return Action::await_change();
+        }
+        if retry_soon || summary.failed > 0 {
+            // Failed writes are mostly the API server's trouble: back off,
+            // and come back soon once it is over.
+            return Action::requeue(self.ctx.failures.failed(&key));
+        }
+        self.ctx.failures.succeeded(&key);
+        if summary.conflict > 0 {
             // Conflicts converge once the blocker is gone, without an event
             // for it (unlabelled objects are not watched).
             Action::requeue(retry::jittered(settings.retry_interval))
@@ -418,8 +420,8 @@ impl<'a> Pass<'a> {
             self.fanout.name_any(),
             self.ctx.settings.status_interval,
             self.previous.clone(),
-            self.ctx.settings.write_timeout,
             self.cancel.clone(),
+            self.ctx.watchdog.clone(),
         )
     }
 

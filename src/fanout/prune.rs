@@ -84,7 +84,7 @@ pub async fn delete_all(
     let options = BatchOptions::new(ctx.settings.fanout_concurrency)
         .stop_on(ctx.drain.clone())
         .abort_on(cancel.clone());
-    let writer = Writer::new(ctx);
+    let writer = Writer::new(ctx, cancel);
     let writer = &writer;
     let mut outcomes = batch::ordered(copies.iter(), options, |_, copy| async move {
         match copy.kind {

@@ -19,7 +19,6 @@ use super::context::Context;
 use super::crd::Fanout;
 use super::metrics::ReconcileResult;
 use super::pass::{self, PassError};
-use super::retry;
 
 /// The finalizer that makes deleting a Fanout delete its copies first.
 pub const FINALIZER: &str = "fanout.dev/cleanup";
@@ -39,6 +38,11 @@ pub enum ReconcileError {
 pub async fn reconcile(fanout: Arc<Fanout>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let key = ObjectRef::from_obj(&*fanout);
     ctx.queue.started(&key);
+    if ctx.drain.is_cancelled() {
+        // Dispatched as the drain began: nothing is started, so nothing is
+        // interrupted, and the status on the object stays as it is.
+        return Ok(Action::await_change());
+    }
     if !ctx.is_leader() {
         // A standby keeps its caches warm and does nothing; becoming leader
         // requests every Fanout again.
@@ -52,6 +56,7 @@ pub async fn reconcile(fanout: Arc<Fanout>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::await_change());
     };
     let _in_flight = ctx.metrics.reconcile_in_flight();
+    let _busy = ctx.watchdog.busy();
     let guard = ctx.running.start(key, &ctx.abort);
     let cancel = guard.token();
     let started = Instant::now();
@@ -65,7 +70,13 @@ pub async fn reconcile(fanout: Arc<Fanout>, ctx: Arc<Context>) -> Result<Action,
     {
         fanout
     } else {
-        match api.get_opt(&fanout.name_any()).await {
+        let name = fanout.name_any();
+        let object = format!("Fanout {namespace}/{name}");
+        match ctx
+            .caller(cancel)
+            .call("read", &object, || api.get_opt(&name))
+            .await
+        {
             Ok(Some(fresh)) => Arc::new(fresh),
             Ok(None) => return Ok(Action::await_change()),
             Err(_) => fanout,
@@ -89,10 +100,10 @@ pub async fn reconcile(fanout: Arc<Fanout>, ctx: Arc<Context>) -> Result<Action,
 }
 
 /// What to do after a failed reconcile: log it with its causes and try again
-/// after about `retry_interval` (jittered, so Fanouts that failed together
-/// do not retry together).
+/// with this Fanout's backoff ([`super::retry::Failures`]: jittered, so Fanouts that
+/// failed together do not retry together).
 pub fn error_policy(fanout: Arc<Fanout>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    let delay = retry::jittered(ctx.settings.retry_interval);
+    let delay = ctx.failures.failed(&ObjectRef::from_obj(&*fanout));
     if ctx.drain.is_cancelled() {
         info!(fanout = %ObjectRef::from_obj(&*fanout), error = %chain(error), "reconcile stopped by the drain");
     } else {

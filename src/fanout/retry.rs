@@ -7,9 +7,14 @@
 //! again. 409 is not retried blindly: it means our view was stale, and the
 //! writer re-reads the object and decides again.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use kube::runtime::reflector::ObjectRef;
 use rand::Rng;
+
+use super::crd::Fanout;
 
 /// How an API error should be handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +60,47 @@ pub fn jittered(base: Duration) -> Duration {
     base - spread + rand::rng().random_range(Duration::ZERO..=spread * 2)
 }
 
+/// Per-Fanout backoff after failed passes: the first retry comes after
+/// about a second, each further one waits twice as long, up to a cap. A
+/// Fanout whose API calls fail because the API server is down comes back
+/// quickly once it is up, and a thousand failing Fanouts do not retry in
+/// lockstep at full speed while it is down.
+#[derive(Debug)]
+pub struct Failures {
+    counts: Mutex<HashMap<ObjectRef<Fanout>, u32>>,
+    cap: Duration,
+}
+
+impl Failures {
+    /// Backoffs that never exceed `cap`.
+    pub fn new(cap: Duration) -> Self {
+        Self {
+            counts: Mutex::default(),
+            cap,
+        }
+    }
+
+    /// Records one more failure of `key`; returns how long to wait before
+    /// the next pass (jittered).
+    pub fn failed(&self, key: &ObjectRef<Fanout>) -> Duration {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(key.clone()).or_insert(0);
+        let delay = Duration::from_secs(1)
+            .saturating_mul(1 << (*count).min(16))
+            .min(self.cap);
+        *count = count.saturating_add(1);
+        jittered(delay)
+    }
+
+    /// Forgets the failures of `key` (a pass succeeded, or it is gone).
+    pub fn succeeded(&self, key: &ObjectRef<Fanout>) {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +132,21 @@ mod tests {
         }
         let samples: std::collections::HashSet<_> = (0..20).map(|_| backoff(4)).collect();
         assert!(samples.len() > 1, "jitter varies the delay");
+    }
+
+    #[test]
+    fn failures_back_off_from_a_second_to_the_cap_and_reset() {
+        let failures = Failures::new(Duration::from_secs(10));
+        let key = ObjectRef::new("f").within("ns");
+        let delays: Vec<Duration> = (0..6).map(|_| failures.failed(&key)).collect();
+        let within = |d: Duration, base: u64| {
+            d >= Duration::from_secs(base) * 4 / 5 && d <= Duration::from_secs(base) * 6 / 5
+        };
+        for (delay, base) in delays.iter().zip([1, 2, 4, 8, 10, 10]) {
+            assert!(within(*delay, base), "{delays:?}");
+        }
+        failures.succeeded(&key);
+        assert!(within(failures.failed(&key), 1), "reset after a success");
     }
 
     #[test]

@@ -54,6 +54,11 @@ impl Running {
             .is_some()
     }
 
+    /// The Fanouts whose reconciles are running, for the log.
+    pub fn keys(&self) -> Vec<ObjectRef<Fanout>> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// Cancels every running reconcile.
     pub fn cancel_all(&self) {
         self.lock().values().for_each(|(_, token)| token.cancel());

@@ -1,10 +1,8 @@
 //! The controller's settings: what the flags decide, plus a few knobs with
 //! defaults that the binary does not expose as flags (`retry_interval`,
-//! `resync_interval`, `max_status_targets`) and one for tests only.
+//! `resync_interval`, `max_status_targets`).
 
-use std::fmt;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::status::DEFAULT_MAX_TARGETS;
@@ -40,12 +38,6 @@ pub struct Settings {
     pub fanout_selector: Option<String>,
     /// Name of this instance in Events (`reportingInstance`), e.g. the pod name.
     pub instance: Option<String>,
-    /// **Tests only**: an extra delay before each target write, by target
-    /// namespace, to make write latencies random and prove that the status
-    /// stays in resolution order whatever order writes finish in. The delay
-    /// counts against `write_timeout`, like a slow API server would. Never
-    /// set by the binary.
-    pub test_write_delay: Option<WriteDelay>,
 }
 
 impl Default for Settings {
@@ -61,29 +53,6 @@ impl Default for Settings {
             max_status_targets: DEFAULT_MAX_TARGETS,
             fanout_selector: None,
             instance: None,
-            test_write_delay: None,
         }
-    }
-}
-
-/// A per-namespace write delay; see [`Settings::test_write_delay`].
-#[derive(Clone)]
-pub struct WriteDelay(Arc<dyn Fn(&str) -> Duration + Send + Sync>);
-
-impl WriteDelay {
-    /// Delays each write into namespace `ns` by `delay(ns)`.
-    pub fn new(delay: impl Fn(&str) -> Duration + Send + Sync + 'static) -> Self {
-        Self(Arc::new(delay))
-    }
-
-    /// The delay for a write into `namespace`.
-    pub fn for_namespace(&self, namespace: &str) -> Duration {
-        (self.0)(namespace)
-    }
-}
-
-impl fmt::Debug for WriteDelay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("WriteDelay(..)")
     }
 }

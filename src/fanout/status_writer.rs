@@ -26,8 +26,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
+use super::api::{CallError, Caller};
 use super::crd::{Fanout, FanoutStatus};
-use super::retry::{self, ErrorClass};
+use crate::runtime::health::Watchdog;
 
 /// Field manager of the controller's status writes.
 pub const FIELD_MANAGER: &str = "fanout-controller";
@@ -35,22 +36,14 @@ pub const FIELD_MANAGER: &str = "fanout-controller";
 /// Errors writing a status.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    /// The API server refused the write.
+    /// The write failed (after its retries) or got no answer in time.
     #[error("cannot write the status of Fanout {fanout}")]
-    Api {
+    Write {
         /// The Fanout's name.
         fanout: String,
-        /// What the API server said.
+        /// Why.
         #[source]
-        source: kube::Error,
-    },
-    /// The API server did not answer within `--write-timeout`.
-    #[error("status write of Fanout {fanout} got no answer within {after:?}")]
-    Timeout {
-        /// The Fanout's name.
-        fanout: String,
-        /// The write timeout.
-        after: Duration,
+        source: CallError,
     },
     /// The pass was cancelled (drain deadline, deleted source) before the
     /// final status was written; its successor writes it.
@@ -74,16 +67,16 @@ pub struct StatusWriter {
 
 impl StatusWriter {
     /// Starts the writer for Fanout `name` (via `api`, namespaced), knowing
-    /// that `current` is on the object now. Each write is bounded by
-    /// `write_timeout`; `cancel` (the pass's token) abandons the writer,
-    /// including a final write the API server does not answer.
+    /// that `current` is on the object now. Each write is a call under the
+    /// client's deadline ([`Caller`]); `cancel` (the pass's token) abandons
+    /// the writer, including a final write the API server does not answer.
     pub fn start(
         api: Api<Fanout>,
         name: String,
         interval: Duration,
         current: FanoutStatus,
-        write_timeout: Duration,
         cancel: CancellationToken,
+        watchdog: Watchdog,
     ) -> Self {
         let current = Arc::new(current);
         let (snapshots, receiver) = watch::channel(current.clone());
@@ -94,7 +87,8 @@ impl StatusWriter {
                 Target {
                     api,
                     name: name.clone(),
-                    timeout: write_timeout,
+                    cancel: cancel.clone(),
+                    watchdog,
                 },
                 interval,
                 receiver,
@@ -151,15 +145,13 @@ impl Drop for StatusWriter {
 struct Target {
     api: Api<Fanout>,
     name: String,
-    timeout: Duration,
+    cancel: CancellationToken,
+    watchdog: Watchdog,
 }
 
-/// Attempts of one status write (transient errors only).
-const ATTEMPTS: u32 = 3;
-
 impl Target {
-    /// One status write; 429, 5xx and connection errors are retried with
-    /// jittered backoff, because the final write of a drain must land.
+    /// One status write (transient failures retried by [`Caller`]: the
+    /// final write of a drain must land).
     async fn write(&self, status: &FanoutStatus) -> Result<(), StatusError> {
         let patch = json!({
             "apiVersion": "fanout.dev/v1alpha1",
@@ -167,34 +159,22 @@ impl Target {
             "status": status,
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let mut attempt = 0;
-        loop {
-            let apply = Patch::Apply(&patch);
-            let request = self.api.patch_status(&self.name, &params, &apply);
-            let Ok(answer) = tokio::time::timeout(self.timeout, request).await else {
-                return Err(StatusError::Timeout {
-                    fanout: self.name.clone(),
-                    after: self.timeout,
-                });
-            };
-            match answer {
-                Ok(_) => return Ok(()),
-                Err(source)
-                    if attempt + 1 < ATTEMPTS
-                        && retry::classify(&source) == ErrorClass::Transient =>
-                {
-                    debug!(error = %source, attempt, "status write failed; retrying");
-                    tokio::time::sleep(retry::backoff(attempt)).await;
-                    attempt += 1;
-                }
-                Err(source) => {
-                    return Err(StatusError::Api {
-                        fanout: self.name.clone(),
-                        source,
-                    });
-                }
-            }
-        }
+        let patch = Patch::Apply(&patch);
+        let caller = Caller {
+            cancel: &self.cancel,
+            watchdog: &self.watchdog,
+        };
+        let object = format!("status of Fanout {}", self.name);
+        caller
+            .call("patch", &object, || {
+                self.api.patch_status(&self.name, &params, &patch)
+            })
+            .await
+            .map(drop)
+            .map_err(|source| StatusError::Write {
+                fanout: self.name.clone(),
+                source,
+            })
     }
 }
 

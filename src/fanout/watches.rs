@@ -14,7 +14,9 @@
 //! requested, so instances with different selectors ignore each other's
 //! copies.
 
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, future};
@@ -179,6 +181,9 @@ fn namespace_requests(
     fanouts: Store<Fanout>,
     listed: Listed,
 ) -> BoxStream<'static, ObjectRef<Fanout>> {
+    // The cached namespaces when a relist began: those missing once it ends
+    // were deleted while the watch was down.
+    let mut before_relist: Vec<Arc<PartialObjectMeta<Namespace>>> = Vec::new();
     watcher(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         watcher::Config::default(),
@@ -191,10 +196,24 @@ fn namespace_requests(
                 // Compare with the cached (previous) state before updating
                 // it: a namespace that stops matching matters as much as
                 // one that starts.
-                let requests = namespace_event_requests(&event, &cache, &fanouts);
+                let mut requests = namespace_event_requests(&event, &cache, &fanouts);
                 writer.apply_watcher_event(&event);
-                if matches!(event, Event::InitDone) {
-                    listed.mark(Cache::Namespaces);
+                match event {
+                    Event::Init => before_relist = cache.state(),
+                    Event::InitDone => {
+                        listed.mark(Cache::Namespaces);
+                        for gone in std::mem::take(&mut before_relist) {
+                            if cache.get(&ObjectRef::from_obj(&*gone)).is_none() {
+                                requests.extend(mentioning(
+                                    &fanouts,
+                                    &gone.name_any(),
+                                    gone.labels(),
+                                    None,
+                                ));
+                            }
+                        }
+                    }
+                    _ => {}
                 }
                 requests
             }
@@ -227,15 +246,28 @@ fn namespace_event_requests(
     {
         return Vec::new();
     }
-    let name = namespace.name_any();
+    mentioning(
+        fanouts,
+        &namespace.name_any(),
+        namespace.labels(),
+        previous.as_ref().map(|p| p.labels()),
+    )
+}
+
+/// The Fanouts that target namespace `name` with these labels, or with the
+/// labels it had before (a namespace that stops matching matters too).
+fn mentioning(
+    fanouts: &Store<Fanout>,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    previous: Option<&BTreeMap<String, String>>,
+) -> Vec<ObjectRef<Fanout>> {
     fanouts
         .state()
         .iter()
         .filter(|f| {
-            targets::mentions(&f.spec.targets, &name, namespace.labels())
-                || previous
-                    .as_ref()
-                    .is_some_and(|p| targets::mentions(&f.spec.targets, &name, p.labels()))
+            targets::mentions(&f.spec.targets, name, labels)
+                || previous.is_some_and(|p| targets::mentions(&f.spec.targets, name, p))
         })
         .map(|f| ObjectRef::from_obj(&**f))
         .collect()
@@ -248,27 +280,43 @@ fn copy_requests<K: Cached>(
     listed: Listed,
     cache: Cache,
 ) -> BoxStream<'static, ObjectRef<Fanout>> {
+    let copies = writer.as_reader();
+    // The cached copies when a relist began (410 Gone, an API server
+    // restart): whatever is missing once it ends was deleted while the
+    // watch was down, and no Delete event will ever say so.
+    let mut before_relist: Vec<Arc<K>> = Vec::new();
     let config = watcher::Config::default().labels(COPIES_SELECTOR);
     watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
         .modify(|copy| copy.managed_fields_mut().clear())
         .reflect(writer)
         .filter_map(move |event| {
-            let request = match event {
-                Ok(Event::Apply(copy) | Event::InitApply(copy)) if drifted(&copy) => owner_of(&copy, &fanouts),
-                Ok(Event::Delete(copy)) => owner_of(&copy, &fanouts),
+            let requests: Vec<ObjectRef<Fanout>> = match event {
+                Ok(Event::Apply(copy) | Event::InitApply(copy)) if drifted(&copy) => {
+                    owner_of(&copy, &fanouts).into_iter().collect()
+                }
+                Ok(Event::Delete(copy)) => owner_of(&copy, &fanouts).into_iter().collect(),
+                Ok(Event::Init) => {
+                    before_relist = copies.state();
+                    Vec::new()
+                }
                 Ok(Event::InitDone) => {
                     listed.mark(cache);
-                    None
+                    std::mem::take(&mut before_relist)
+                        .iter()
+                        .filter(|copy| copies.get(&ObjectRef::from_obj(&***copy)).is_none())
+                        .filter_map(|copy| owner_of(&**copy, &fanouts))
+                        .collect()
                 }
-                Ok(_) => None,
+                Ok(_) => Vec::new(),
                 Err(error) => {
                     warn!(%error, kind = K::KIND.as_str(), "copy watch failed; retrying with backoff");
-                    None
+                    Vec::new()
                 }
             };
-            future::ready(request)
+            future::ready(Some(stream::iter(requests)))
         })
+        .flatten()
         .boxed()
 }
 

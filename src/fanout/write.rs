@@ -1,14 +1,15 @@
 //! Carrying out one target: decide from the cache, write, and on a stale
 //! view re-read and decide again.
 //!
-//! Every API write goes through [`Writer::call`], which takes a permit of the
-//! global write cap (`--fanout-concurrency`, shared by all reconciles), is
-//! bounded by `--write-timeout`, and is counted in metrics. Transient errors
-//! (429, 5xx, connection trouble, timeouts) are retried with jittered
-//! exponential backoff; a 409 or 404 means the cache was stale, so the
-//! object is read again and the decision made afresh. A single POST or PUT
-//! is atomic on the server, so a write cut off by cancellation leaves either
-//! the old object or the new one, never half of one.
+//! A target's writes hold one permit of the global write cap
+//! (`--fanout-concurrency`, shared by all reconciles) from the first write
+//! to the last, so a recreate (delete, then create) is one unit: the drain
+//! stops targets that have not started, never one half-way. Every request
+//! goes through [`Caller::call`] (deadline, retry of transient failures,
+//! cancellation) and is counted in metrics. A 409 or 404 means the cache
+//! was stale, so the object is read again and the decision made afresh. A
+//! single POST or PUT is atomic on the server, so a write cut off by
+//! cancellation leaves either the old object or the new one.
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -19,8 +20,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
+use tokio::sync::SemaphorePermit;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::api::{CallError, Caller};
 use super::context::{Cached, Context};
 use super::copy::{Content, Owner, SYNCED_AT, desired_copy};
 use super::crd::{ConflictPolicy, TargetState, TargetStatus};
@@ -28,33 +32,16 @@ use super::metrics::WriteResult;
 use super::plan::{Decider, Found, Operation, Plan};
 use super::retry::{self, ErrorClass};
 
-/// Attempts per target before giving up until the next pass.
+/// Decisions per target before giving up until the next pass: each stale
+/// view (409, 404) costs one.
 const MAX_ATTEMPTS: u32 = 4;
 
 /// Why a target could not be made true in this pass.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    /// The API server refused or failed.
-    #[error("{operation} {object}: {source}")]
-    Api {
-        /// What was being done.
-        operation: &'static str,
-        /// The object, e.g. `secret team-a/regcred`.
-        object: String,
-        /// The server's answer.
-        #[source]
-        source: kube::Error,
-    },
-    /// The write ran past `--write-timeout`.
-    #[error("{operation} {object}: no answer within {after:?}")]
-    Timeout {
-        /// What was being done.
-        operation: &'static str,
-        /// The object.
-        object: String,
-        /// The timeout.
-        after: std::time::Duration,
-    },
+    /// A request failed (after its retries) or was cancelled.
+    #[error(transparent)]
+    Call(#[from] CallError),
     /// The object kept changing under us.
     #[error("{object} kept changing during {attempts} attempts; will retry")]
     Contended {
@@ -63,20 +50,10 @@ pub enum WriteError {
         /// Attempts made.
         attempts: u32,
     },
-    /// The drain began while the write waited for a permit, so it never
-    /// started (the target stays `Pending`).
+    /// The drain began while the target waited for a permit, so it never
+    /// started (it stays `Pending`).
     #[error("the controller is stopping; write not started")]
     Stopping,
-}
-
-impl WriteError {
-    fn class(&self) -> ErrorClass {
-        match self {
-            Self::Api { source, .. } => retry::classify(source),
-            Self::Timeout { .. } => ErrorClass::Transient,
-            Self::Contended { .. } | Self::Stopping => ErrorClass::Permanent,
-        }
-    }
 }
 
 /// What one Fanout copies, shared by all its target writes.
@@ -98,6 +75,31 @@ pub struct CopyJob<K> {
     pub kind: PhantomData<fn() -> K>,
 }
 
+impl<K: Cached> CopyJob<K> {
+    /// What this job needs in `namespace`, given what is there (`current`).
+    pub fn plan(&self, ctx: &Context, namespace: &str, current: Option<&K>) -> Plan {
+        let found = current.map(|o| Found {
+            owner: Owner::from_labels(o.labels()),
+            content: o.content(),
+        });
+        let decider = Decider {
+            owner: &self.owner,
+            policy: self.policy,
+        };
+        let object = describe::<K>(namespace, &self.copy_name);
+        decider.plan(&self.content, &self.hash, found.as_ref(), &object, |o| {
+            ctx.fanout_exists(o)
+        })
+    }
+
+    /// The cached object under the copy's name in `namespace`.
+    pub fn cached(&self, ctx: &Context, namespace: &str) -> Option<K> {
+        K::cache(&ctx.stores)
+            .get(&ObjectRef::new(&self.copy_name).within(namespace))
+            .map(|cached| (*cached).clone())
+    }
+}
+
 /// What a finished target write reports.
 #[derive(Clone, Debug)]
 pub struct Done {
@@ -110,12 +112,13 @@ pub struct Done {
 /// Writes copies on behalf of one reconcile.
 pub struct Writer<'a> {
     ctx: &'a Context,
+    cancel: &'a CancellationToken,
 }
 
 impl<'a> Writer<'a> {
-    /// A writer using the shared context.
-    pub fn new(ctx: &'a Context) -> Self {
-        Self { ctx }
+    /// A writer for the reconcile whose token is `cancel`.
+    pub fn new(ctx: &'a Context, cancel: &'a CancellationToken) -> Self {
+        Self { ctx, cancel }
     }
 
     /// Makes the copy in `namespace` true, or reports why it may not be.
@@ -126,26 +129,17 @@ impl<'a> Writer<'a> {
     ) -> Result<Done, WriteError> {
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), namespace);
         let object = describe::<K>(namespace, &job.copy_name);
-        let decider = Decider {
-            owner: &job.owner,
-            policy: job.policy,
-        };
-        let mut current: Option<K> = K::cache(&self.ctx.stores)
-            .get(&ObjectRef::new(&job.copy_name).within(namespace))
-            .map(|cached| (*cached).clone());
+        let mut current = job.cached(self.ctx, namespace);
+        let mut permit = None;
         for attempt in 0..MAX_ATTEMPTS {
-            let found = current.as_ref().map(|o| Found {
-                owner: Owner::from_labels(o.labels()),
-                content: o.content(),
-            });
-            let plan = decider.plan(&job.content, &job.hash, found.as_ref(), &object, |o| {
-                self.ctx.fanout_exists(o)
-            });
-            let operation = match plan {
+            let operation = match job.plan(self.ctx, namespace, current.as_ref()) {
                 Plan::Keep => return Ok(synced(namespace, &job.hash, current.as_ref(), None)),
                 Plan::Conflict(message) => return Ok(conflict(namespace, message)),
                 Plan::Write(operation) => operation,
             };
+            if permit.is_none() {
+                permit = Some(self.permit().await?);
+            }
             match self
                 .execute(&api, job, namespace, operation, current.as_ref())
                 .await
@@ -158,23 +152,20 @@ impl<'a> Writer<'a> {
                         Some(operation),
                     ));
                 }
-                Err(error) => match error.class() {
-                    ErrorClass::Permanent => return Err(error),
-                    ErrorClass::Stale => {
-                        // Read again at once; if the object keeps changing
-                        // under us, back off like for any contention.
-                        debug!(%error, attempt, "stale view of {object}; reading it again");
-                        if attempt > 0 {
-                            tokio::time::sleep(retry::backoff(attempt - 1)).await;
-                        }
+                Err(error) if error.class() == ErrorClass::Stale => {
+                    // Read again at once; if the object keeps changing under
+                    // us, back off like for any contention.
+                    debug!(%error, attempt, "stale view of {object}; reading it again");
+                    if attempt > 0 {
+                        tokio::time::sleep(retry::backoff(attempt - 1)).await;
                     }
-                    ErrorClass::Transient => {
-                        debug!(%error, attempt, "transient failure on {object}; backing off");
-                        tokio::time::sleep(retry::backoff(attempt)).await;
-                    }
-                },
+                }
+                Err(error) => return Err(error.into()),
             }
-            current = self.read(&api, &object, &job.copy_name).await?;
+            current = self
+                .caller()
+                .call("read", &object, || api.get_opt(&job.copy_name))
+                .await?;
         }
         Err(WriteError::Contended {
             object,
@@ -199,30 +190,17 @@ impl<'a> Writer<'a> {
             }),
             ..DeleteParams::default()
         };
-        for attempt in 0..MAX_ATTEMPTS {
-            let result = self
-                .call(
-                    Operation::Delete,
-                    namespace,
-                    &object,
-                    api.delete(name, &params),
-                )
-                .await;
-            match result {
-                Ok(_) => return Ok(true),
-                Err(error) => match error.class() {
-                    // Gone already, or replaced by an object that is not this
-                    // copy: either way nothing of ours is left to delete.
-                    ErrorClass::Stale => return Ok(false),
-                    ErrorClass::Permanent => return Err(error),
-                    ErrorClass::Transient => tokio::time::sleep(retry::backoff(attempt)).await,
-                },
-            }
+        let _permit = self.permit().await?;
+        match self
+            .request(Operation::Delete, &object, || api.delete(name, &params))
+            .await
+        {
+            Ok(_) => Ok(true),
+            // Gone already, or replaced by an object that is not this copy:
+            // either way nothing of ours is left to delete.
+            Err(error) if error.class() == ErrorClass::Stale => Ok(false),
+            Err(error) => Err(error.into()),
         }
-        Err(WriteError::Contended {
-            object,
-            attempts: MAX_ATTEMPTS,
-        })
     }
 
     /// One write; a recreate is a delete (guarded by uid and
@@ -234,7 +212,7 @@ impl<'a> Writer<'a> {
         namespace: &str,
         operation: Operation,
         current: Option<&K>,
-    ) -> Result<K, WriteError> {
+    ) -> Result<K, CallError> {
         let object = describe::<K>(namespace, &job.copy_name);
         let mut desired: K = desired_copy(
             &job.content,
@@ -244,19 +222,21 @@ impl<'a> Writer<'a> {
             &job.copy_name,
             namespace,
         );
+        // Whole seconds, as `lastSyncTime` is written: a value that would
+        // not survive the round trip through the status would make every
+        // pass look like a change.
+        let now =
+            Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH);
         desired
             .annotations_mut()
-            .insert(SYNCED_AT.to_owned(), Timestamp::now().to_string());
+            .insert(SYNCED_AT.to_owned(), now.to_string());
         let create = PostParams::default();
         match (operation, current) {
             (Operation::Update | Operation::Adopt, Some(current)) => {
                 desired.meta_mut().resource_version = current.resource_version();
-                self.call(
-                    operation,
-                    namespace,
-                    &object,
-                    api.replace(&job.copy_name, &create, &desired),
-                )
+                self.request(operation, &object, || {
+                    api.replace(&job.copy_name, &create, &desired)
+                })
                 .await
             }
             (Operation::Recreate, Some(current)) => {
@@ -267,101 +247,57 @@ impl<'a> Writer<'a> {
                     }),
                     ..DeleteParams::default()
                 };
-                self.call(
-                    operation,
-                    namespace,
-                    &object,
-                    api.delete(&job.copy_name, &params),
-                )
-                .await?;
-                self.call(operation, namespace, &object, api.create(&create, &desired))
+                self.request(operation, &object, || api.delete(&job.copy_name, &params))
+                    .await?;
+                self.request(operation, &object, || api.create(&create, &desired))
                     .await
             }
             _ => {
-                self.call(
-                    Operation::Create,
-                    namespace,
-                    &object,
-                    api.create(&create, &desired),
-                )
-                .await
+                self.request(Operation::Create, &object, || api.create(&create, &desired))
+                    .await
             }
         }
     }
 
-    /// Re-reads the object after a stale or failed write.
-    async fn read<K: Cached>(
-        &self,
-        api: &Api<K>,
-        object: &str,
-        name: &str,
-    ) -> Result<Option<K>, WriteError> {
-        let timeout = self.ctx.settings.write_timeout;
-        match tokio::time::timeout(timeout, api.get_opt(name)).await {
-            Ok(Ok(found)) => Ok(found),
-            Ok(Err(source)) => Err(WriteError::Api {
-                operation: "read",
-                object: object.to_owned(),
-                source,
-            }),
-            Err(_) => Err(WriteError::Timeout {
-                operation: "read",
-                object: object.to_owned(),
-                after: timeout,
-            }),
-        }
-    }
-
-    /// Runs one API write under a global permit and the write timeout.
-    async fn call<T>(
+    /// One write request, counted in metrics.
+    async fn request<T, F, Fut>(
         &self,
         operation: Operation,
-        namespace: &str,
         object: &str,
-        request: impl Future<Output = Result<T, kube::Error>>,
-    ) -> Result<T, WriteError> {
-        // Waiting for a permit is not being in flight: once the drain has
-        // begun, a write that has not got one yet does not start.
-        let _permit = tokio::select! {
-            biased;
-            () = self.ctx.drain.cancelled() => return Err(WriteError::Stopping),
-            permit = self.ctx.writes.acquire() => permit.map_err(|_| WriteError::Stopping)?,
-        };
+        request: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
         let _in_flight = self.ctx.metrics.write_in_flight();
-        let timeout = self.ctx.settings.write_timeout;
-        let delay = self
-            .ctx
-            .settings
-            .test_write_delay
-            .as_ref()
-            .map(|d| d.for_namespace(namespace));
-        let bounded = tokio::time::timeout(timeout, async {
-            if let Some(delay) = delay {
-                tokio::time::sleep(delay).await;
-            }
-            request.await
-        });
-        let (result, outcome) = match bounded.await {
-            Ok(Ok(value)) => (Ok(value), WriteResult::Ok),
-            Ok(Err(source)) => (
-                Err(WriteError::Api {
-                    operation: operation.as_str(),
-                    object: object.to_owned(),
-                    source,
-                }),
-                WriteResult::Error,
-            ),
-            Err(_) => (
-                Err(WriteError::Timeout {
-                    operation: operation.as_str(),
-                    object: object.to_owned(),
-                    after: timeout,
-                }),
-                WriteResult::Timeout,
-            ),
+        let result = self
+            .caller()
+            .call(operation.as_str(), object, request)
+            .await;
+        let outcome = match &result {
+            Ok(_) => WriteResult::Ok,
+            Err(error) if error.timed_out() => WriteResult::Timeout,
+            Err(_) => WriteResult::Error,
         };
         self.ctx.metrics.wrote(operation, outcome);
         result
+    }
+
+    /// A permit of the global write cap. Waiting for one is not being in
+    /// flight: once the drain has begun, a target that has none yet does
+    /// not start.
+    async fn permit(&self) -> Result<SemaphorePermit<'a>, WriteError> {
+        tokio::select! {
+            biased;
+            () = self.ctx.drain.cancelled() => Err(WriteError::Stopping),
+            () = self.cancel.cancelled() => Err(WriteError::Stopping),
+            permit = self.ctx.writes.acquire() => permit.map_err(|_| WriteError::Stopping),
+        }
+    }
+
+    fn caller(&self) -> Caller<'a> {
+        self.ctx.caller(self.cancel)
     }
 }
 
@@ -370,7 +306,8 @@ pub fn describe<K: Cached>(namespace: &str, name: &str) -> String {
     format!("{} {namespace}/{name}", K::KIND.as_str().to_lowercase())
 }
 
-fn synced<K: Cached>(
+/// The entry of a target that holds a true copy (`copy`, if known).
+pub fn synced<K: Cached>(
     namespace: &str,
     hash: &str,
     copy: Option<&K>,
@@ -392,7 +329,8 @@ fn synced<K: Cached>(
     }
 }
 
-fn conflict(namespace: &str, message: String) -> Done {
+/// The entry of a target blocked by an object this Fanout may not touch.
+pub fn conflict(namespace: &str, message: String) -> Done {
     Done {
         status: TargetStatus {
             namespace: namespace.to_owned(),
