@@ -10,8 +10,7 @@ mod support;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use controller_harness::{World, names, ready_reason};
-use fanout::fanout::WriteDelay;
+use controller_harness::{World, WriteDelay, names, ready_reason};
 use fanout::fanout::crd::TargetState;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams};
@@ -85,8 +84,8 @@ async fn deleting_the_source_cancels_the_running_pass_and_prunes_the_copies() {
     world.secret("doomed", &[("k", "v")]).await;
     let mut settings = world.settings();
     settings.fanout_concurrency = NonZeroUsize::new(2).unwrap();
-    settings.test_write_delay = Some(WriteDelay::new(|_| Duration::from_millis(400)));
-    let controller = world.start(settings);
+    let delay = WriteDelay::new(|_| Duration::from_millis(400));
+    let controller = world.start_with_delay(settings, Some(delay));
     let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
     world
         .create(&world.fanout("doomed", "doomed", names(&refs)))
@@ -146,8 +145,8 @@ async fn deleting_a_fanout_removes_its_copies_even_across_a_restart_mid_cleanup(
     first.drain().await;
 
     // A controller whose deletes are slow starts the cleanup...
-    slow.test_write_delay = Some(WriteDelay::new(|_| Duration::from_millis(500)));
-    let slow_controller = world.start(slow);
+    let delay = WriteDelay::new(|_| Duration::from_millis(500));
+    let slow_controller = world.start_with_delay(slow, Some(delay));
     world
         .fanouts()
         .delete("cleanup", &DeleteParams::default())
@@ -238,8 +237,8 @@ async fn losing_leadership_stops_the_pass_and_regaining_it_resumes() {
     world.secret("creds", &[("k", "v")]).await;
     let mut settings = world.settings();
     settings.fanout_concurrency = NonZeroUsize::new(2).unwrap();
-    settings.test_write_delay = Some(WriteDelay::new(|_| Duration::from_millis(300)));
-    let controller = world.start(settings);
+    let delay = WriteDelay::new(|_| Duration::from_millis(300));
+    let controller = world.start_with_delay(settings, Some(delay));
     let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
     world
         .create(&world.fanout("handover", "creds", names(&refs)))
@@ -285,8 +284,8 @@ async fn the_drain_deadline_drops_writes_in_flight_and_returns_promptly() {
     let mut settings = world.settings();
     settings.fanout_concurrency = NonZeroUsize::new(2).unwrap();
     settings.write_timeout = Duration::from_secs(30);
-    settings.test_write_delay = Some(WriteDelay::new(|_| Duration::from_secs(20)));
-    let controller = world.start(settings);
+    let delay = WriteDelay::new(|_| Duration::from_secs(20));
+    let controller = world.start_with_delay(settings, Some(delay));
     let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
     world
         .create(&world.fanout("deadline", "creds", names(&refs)))

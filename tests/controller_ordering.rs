@@ -3,9 +3,9 @@
 //! coalesced (far fewer than one per target); over the cap, the entries that
 //! need attention are listed, still in order.
 //!
-//! Random latency comes from `Settings::test_write_delay`: each target write
-//! first sleeps a random 0–500 ms, inside the write timeout, as a slow API
-//! server would make it.
+//! Random latency comes from the harness's `WriteDelay`, a layer on the
+//! controller's client: each target write first waits a random 0–500 ms,
+//! inside the request deadline, as a slow API server would make it.
 
 mod controller_harness;
 mod support;
@@ -14,9 +14,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use controller_harness::{World, names, ready_reason, secret};
+use controller_harness::{World, WriteDelay, names, ready_reason, secret};
+use fanout::fanout::Fanout;
 use fanout::fanout::crd::{ConflictPolicy, FanoutStatus, TargetState, Targets};
-use fanout::fanout::{Fanout, WriteDelay};
 use futures::StreamExt;
 use kube::api::PostParams;
 use kube::runtime::watcher::{self, Event};
@@ -78,10 +78,8 @@ async fn every_status_write_lists_targets_in_resolution_order() {
     let mut settings = world.settings();
     settings.fanout_concurrency = std::num::NonZeroUsize::new(6).unwrap();
     settings.status_interval = Duration::from_millis(150);
-    settings.test_write_delay = Some(WriteDelay::new(|_| {
-        Duration::from_millis(rand::rng().random_range(0..500))
-    }));
-    let controller = world.start(settings);
+    let delay = WriteDelay::new(|_| Duration::from_millis(rand::rng().random_range(0..500)));
+    let controller = world.start_with_delay(settings, Some(delay));
     let (seen, recorder) = record_statuses(&world, "ordered");
     let targets = Targets {
         namespaces: explicit.clone(),

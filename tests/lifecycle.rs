@@ -19,15 +19,15 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use process::{Controller, kubeconfig_via};
-use proxy::{Mode, Proxy};
-use world::{World, apiserver_addr};
+use proxy::{FaultProxy, Mode};
+use world::World;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_waits_for_the_caches_and_liveness_does_not() {
     let cluster = support::cluster();
     let world = World::new(cluster, 0).await;
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(apiserver_addr(cluster), Mode::Hold).await;
+    let proxy = FaultProxy::start(&cluster.server_url(), &cluster.pki_dir(), Mode::Hold).await;
     let kubeconfig = kubeconfig_via(&world.kubeconfig, proxy.addr(), dir.path());
     let mut controller = Controller::start(&kubeconfig, &world.args(&[])).await;
 
@@ -61,7 +61,7 @@ async fn readiness_waits_for_the_caches_and_liveness_does_not() {
 /// namespaces under the controller's feet.
 struct MidFanout {
     world: World,
-    proxy: Proxy,
+    proxy: FaultProxy,
     controller: Controller,
     fanout: String,
     _dir: tempfile::TempDir,
@@ -72,7 +72,7 @@ impl MidFanout {
         let cluster = support::cluster();
         let world = World::new(cluster, targets).await;
         let dir = tempfile::tempdir().unwrap();
-        let proxy = Proxy::start(apiserver_addr(cluster), Mode::Open).await;
+        let proxy = FaultProxy::start(&cluster.server_url(), &cluster.pki_dir(), Mode::Open).await;
         let kubeconfig = kubeconfig_via(&world.kubeconfig, proxy.addr(), dir.path());
         let mut args = vec![
             "--fanout-concurrency",

@@ -11,7 +11,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fanout::fanout::crd::{
@@ -19,12 +19,14 @@ use fanout::fanout::crd::{
 };
 use fanout::fanout::{Fanout, Settings, crd_yaml};
 use fanout::runtime::Handles;
+use fanout::runtime::deadline::DeadlineLayer;
 use fanout::runtime::health::Health;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::client::ClientBuilder;
 use kube::{Api, Client, ResourceExt};
 use prometheus::Registry;
 use serde_json::json;
@@ -179,13 +181,28 @@ impl World {
 
     /// Starts a controller that is leader from the start.
     pub fn start(&self, settings: Settings) -> Controller {
+        self.start_with_delay(settings, None)
+    }
+
+    /// Starts a controller whose writes into target namespaces each take
+    /// `delay(namespace)` longer, as on a slow API server (see [`WriteDelay`]).
+    pub fn start_with_delay(&self, settings: Settings, delay: Option<WriteDelay>) -> Controller {
+        let mut config = self.cluster.config();
+        config.default_retry = false;
+        let builder = ClientBuilder::try_from(config).expect("client from the testbed config");
+        let deadline = DeadlineLayer::new(settings.write_timeout);
+        let client = match delay {
+            Some(delay) => builder.with_layer(&delay).with_layer(&deadline).build(),
+            None => builder.with_layer(&deadline).build(),
+        };
         let registry = Registry::new();
         let health = Health::new();
         let (leader, leader_rx) = watch::channel(true);
         let drain = CancellationToken::new();
         let abort = CancellationToken::new();
         let handles = Handles {
-            client: self.cluster.client(),
+            client,
+            api_server: self.cluster.server_url(),
             registry: registry.clone(),
             health: health.clone(),
             leader: leader_rx,
@@ -415,6 +432,89 @@ impl World {
                 )
             })
             .collect()
+    }
+}
+
+/// A test-made latency in front of every write (POST, PUT, PATCH, DELETE)
+/// of a Secret or ConfigMap, chosen per target namespace: what a slow API
+/// server does. It sits under the controller's request deadline, so it
+/// counts against `--write-timeout` like real latency would. A tower layer
+/// on the test's own client: the controller has no test hook.
+#[derive(Clone)]
+pub struct WriteDelay(Arc<dyn Fn(&str) -> Duration + Send + Sync>);
+
+impl WriteDelay {
+    /// Delays each write into namespace `ns` by `delay(ns)`.
+    pub fn new(delay: impl Fn(&str) -> Duration + Send + Sync + 'static) -> Self {
+        Self(Arc::new(delay))
+    }
+}
+
+impl<S> tower::Layer<S> for WriteDelay {
+    type Service = Delayed<S>;
+
+    fn layer(&self, inner: S) -> Delayed<S> {
+        Delayed {
+            inner,
+            delay: self.clone(),
+        }
+    }
+}
+
+/// The service [`WriteDelay`] makes.
+pub struct Delayed<S> {
+    inner: S,
+    delay: WriteDelay,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Delayed<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let delay = write_target(&request).map(|ns| (self.delay.0)(&ns));
+        // The client's request future does nothing until polled, so
+        // sleeping first delays the request itself.
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            response.await
+        })
+    }
+}
+
+/// The namespace of a write to a Secret or ConfigMap, from its path
+/// (`/api/v1/namespaces/{ns}/secrets[/name]`).
+fn write_target<B>(request: &http::Request<B>) -> Option<String> {
+    if request.method() == http::Method::GET {
+        return None;
+    }
+    let mut parts = request.uri().path().trim_start_matches('/').split('/');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("api"), Some("v1"), Some("namespaces"), Some(ns), Some("secrets" | "configmaps")) => {
+            Some(ns.to_owned())
+        }
+        _ => None,
     }
 }
 

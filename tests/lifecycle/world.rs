@@ -19,11 +19,15 @@ use serde_json::json;
 use crate::support;
 
 /// Installs the CRD the binary prints and waits until it is served; once
-/// per test binary (tests run in parallel, and two concurrent creates of one
-/// CRD make the second fail).
+/// per control plane and test binary (tests run in parallel, and two
+/// concurrent creates of one CRD make the second fail).
 pub fn install_crd(cluster: &support::Cluster) {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
+    static INSTALLED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    if installed.contains(&cluster.server_url()) {
+        return;
+    }
+    {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
             .arg("crd")
             .output()
@@ -36,7 +40,8 @@ pub fn install_crd(cluster: &support::Cluster) {
             "crd/fanouts.fanout.dev",
             "--timeout=60s",
         ]);
-    });
+    }
+    installed.push(cluster.server_url());
 }
 
 /// A test's world: a source namespace with a Secret, `targets` consenting
@@ -175,12 +180,6 @@ impl World {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-/// The API server's address, from the admin kubeconfig.
-pub fn apiserver_addr(cluster: &support::Cluster) -> std::net::SocketAddr {
-    let url = cluster.server_url();
-    url.trim_start_matches("https://").parse().unwrap()
 }
 
 /// Installs the chart's ServiceAccount, ClusterRole(Binding) and

@@ -132,7 +132,11 @@ impl Cluster {
         }
     }
 
-    fn start_private() -> Result<Cluster, String> {
+    /// A control plane of the caller's own, not the binary's shared one:
+    /// for tests that freeze, kill and restart the API server or etcd, which
+    /// would disturb every other test on a shared one. Torn down when the
+    /// test binary exits (a watcher process makes sure of it).
+    pub fn start_private() -> Result<Cluster, String> {
         let dir = std::env::temp_dir().join(format!(
             "{}-{}",
             random_name("fanout-testbed"),
@@ -192,6 +196,46 @@ impl Cluster {
     /// The directory holding the pinned kubectl, helm, etcd and kube-apiserver.
     pub fn tools_bin(&self) -> &Path {
         &self.tools_bin
+    }
+
+    /// The testbed's state directory (PKI, logs, audit log).
+    pub fn testbed_dir(&self) -> &Path {
+        self.kubeconfig
+            .parent()
+            .expect("the kubeconfig lives in the testbed directory")
+    }
+
+    /// The testbed's PKI directory (`ca.crt`, `apiserver.crt`, ...).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.testbed_dir().join("pki")
+    }
+
+    /// Runs `scripts/testbed ACTION DAEMON` on this testbed: `freeze`,
+    /// `thaw`, `kill` or `start` for `etcd` or `kube-apiserver`.
+    pub fn testbed(&self, action: &str, daemon: &str) {
+        let output = Command::new(repo_root().join("scripts/testbed"))
+            .args([action, daemon, "--dir"])
+            .arg(self.testbed_dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/testbed");
+        assert!(
+            output.status.success(),
+            "scripts/testbed {action} {daemon} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The API server's audit log so far (see `scripts/testbed`).
+    pub fn audit(&self) -> Vec<AuditEvent> {
+        let text =
+            std::fs::read_to_string(self.testbed_dir().join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["stage"] == "ResponseComplete")
+            .map(|event| AuditEvent::from_json(&event))
+            .collect()
     }
 
     /// The testbed directory, if this test binary started its own.
@@ -363,6 +407,62 @@ impl Cluster {
         self.ensure_service_account(namespace, name).await;
         let token = self.service_account_token(namespace, name).await;
         self.client_with_token(&token).await
+    }
+}
+
+/// One request as the API server's audit log recorded it (stage
+/// `ResponseComplete`).
+#[derive(Clone, Debug)]
+pub struct AuditEvent {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, ...
+    pub verb: String,
+    /// The authenticated user, e.g. `system:serviceaccount:ns:name`.
+    pub user: String,
+    /// The client's User-Agent.
+    pub user_agent: String,
+    /// `leases`, `secrets`, `fanouts`, ...
+    pub resource: String,
+    /// `status` for a status write, else empty.
+    pub subresource: String,
+    /// The object's namespace, if namespaced.
+    pub namespace: String,
+    /// The object's name, if one object.
+    pub name: String,
+    /// The HTTP status code answered.
+    pub code: i64,
+    /// When the request arrived.
+    pub received: k8s_openapi::jiff::Timestamp,
+    /// When the response was complete.
+    pub completed: k8s_openapi::jiff::Timestamp,
+}
+
+impl AuditEvent {
+    fn from_json(event: &serde_json::Value) -> AuditEvent {
+        let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_owned();
+        let time = |value: &serde_json::Value| {
+            value
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+        };
+        let object = &event["objectRef"];
+        AuditEvent {
+            verb: text(&event["verb"]),
+            user: text(&event["user"]["username"]),
+            user_agent: text(&event["userAgent"]),
+            resource: text(&object["resource"]),
+            subresource: text(&object["subresource"]),
+            namespace: text(&object["namespace"]),
+            name: text(&object["name"]),
+            code: event["responseStatus"]["code"].as_i64().unwrap_or_default(),
+            received: time(&event["requestReceivedTimestamp"]),
+            completed: time(&event["stageTimestamp"]),
+        }
+    }
+
+    /// Whether it changed something (a write verb).
+    pub fn is_write(&self) -> bool {
+        matches!(self.verb.as_str(), "create" | "update" | "patch" | "delete")
     }
 }
 
