@@ -239,6 +239,7 @@ fn fanout_settings(config: &Config, identity: String) -> fanout::Settings {
         status_interval: config.status_interval,
         require_consent: config.require_consent,
         fanout_selector: config.fanout_selector.clone(),
+        source_access_policy: config.source_access_policy.clone(),
         instance: Some(identity),
         ..fanout::Settings::default()
     }

@@ -107,6 +107,12 @@ pub struct Config {
     #[arg(long, env = "FANOUT_REQUIRE_CONSENT", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set, value_name = "BOOL")]
     pub require_consent: bool,
 
+    /// Name of the ValidatingAdmissionPolicy (and binding) that refuses a Fanout whose creator may
+    /// not get its source; the controller warns and exports fanout_source_access_policy 0 while it
+    /// is missing [default: none expected, one warning at start].
+    #[arg(long, env = "FANOUT_SOURCE_ACCESS_POLICY", value_parser = dns_subdomain, value_name = "NAME")]
+    pub source_access_policy: Option<String>,
+
     /// Reconcile only Fanouts whose labels match this selector (e.g. "shard=a"); default: all.
     #[arg(long, env = "FANOUT_SELECTOR", value_parser = label_selector, value_name = "SELECTOR")]
     pub fanout_selector: Option<String>,
@@ -204,6 +210,22 @@ fn dns_label(value: &str) -> Result<String, String> {
     }
 }
 
+/// A Kubernetes object name (RFC 1123 subdomain), as cluster-scoped
+/// objects such as admission policies have.
+fn dns_subdomain(value: &str) -> Result<String, String> {
+    let valid = !value.is_empty()
+        && value.len() <= 253
+        && value.split('.').all(|label| dns_label(label).is_ok());
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(
+            "must be a DNS subdomain: lowercase letters, digits, '-' and '.', at most 253"
+                .to_owned(),
+        )
+    }
+}
+
 /// A label selector in the API server's syntax (checked for shape here;
 /// the API server has the last word when the watch starts).
 fn label_selector(value: &str) -> Result<String, String> {
@@ -276,6 +298,10 @@ mod tests {
             (&["--leader-election", "maybe"][..], "--leader-election"),
             (&["--kube-qps", "0"][..], "--kube-qps"),
             (&["--fanout-selector", "a=b,,c"][..], "--fanout-selector"),
+            (
+                &["--source-access-policy", "Not A Name"][..],
+                "--source-access-policy",
+            ),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

@@ -16,6 +16,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -1225,10 +1228,49 @@ async fn helm_install_creates_what_the_chart_promises() {
 
     // RBAC: exactly the contract's grants (CONTRACT.md), bound to the ServiceAccount.
     let cluster_role = get(&Api::<ClusterRole>::all(client.clone()), name).await;
-    assert_grants(
-        "the ClusterRole",
-        &cluster_role.rules.unwrap(),
-        CLUSTER_GRANTS,
+    let policy = format!("{name}-source-access");
+    let policies = format!("validatingadmissionpolicies/{policy}");
+    let bindings = format!("validatingadmissionpolicybindings/{policy}");
+    let mut expected = CLUSTER_GRANTS.to_vec();
+    expected.extend([
+        (
+            "admissionregistration.k8s.io",
+            policies.as_str(),
+            "get list watch",
+        ),
+        (
+            "admissionregistration.k8s.io",
+            bindings.as_str(),
+            "get list watch",
+        ),
+    ]);
+    assert_grants("the ClusterRole", &cluster_role.rules.unwrap(), &expected);
+    assert_eq!(flag(&args, "source-access-policy"), policy);
+
+    // The source-access policy, enforced (Deny) by a binding of its own name.
+    let vap = get(
+        &Api::<ValidatingAdmissionPolicy>::all(client.clone()),
+        &policy,
+    )
+    .await;
+    let vap_spec = vap.spec.unwrap();
+    assert_eq!(vap_spec.failure_policy.as_deref(), Some("Fail"));
+    assert!(
+        vap_spec.validations.unwrap()[0]
+            .expression
+            .contains("check('get')"),
+        "the policy asks the authorizer"
+    );
+    let vap_binding = get(
+        &Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
+        &policy,
+    )
+    .await;
+    let binding_spec = vap_binding.spec.unwrap();
+    assert_eq!(binding_spec.policy_name.as_deref(), Some(policy.as_str()));
+    assert_eq!(
+        binding_spec.validation_actions,
+        Some(vec!["Deny".to_owned()])
     );
     let leased = format!("leases/{lease}");
     let role_name = format!("{name}-leader-election");

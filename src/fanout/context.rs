@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::Client;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +25,7 @@ use super::queue::QueueDepth;
 use super::retry::Failures;
 use super::running::Running;
 use super::settings::Settings;
+use super::targets::{InvalidSelector, NamespaceView, resolve};
 
 /// The controller's caches. Memory is bounded by what the controller owns or
 /// needs, never by the cluster's unrelated Secrets: Fanouts, namespace
@@ -161,6 +162,18 @@ impl Context {
             cancel,
             watchdog: &self.watchdog,
         }
+    }
+
+    /// `fanout`'s targets in resolution order, against the cached namespaces.
+    pub fn resolve(&self, fanout: &Fanout) -> Result<Vec<String>, InvalidSelector> {
+        let namespaces = self.stores.namespaces.state();
+        let views = namespaces.iter().map(|ns| NamespaceView {
+            name: ns.metadata.name.as_deref().unwrap_or_default(),
+            labels: ns.labels(),
+            terminating: ns.metadata.deletion_timestamp.is_some(),
+        });
+        let own = fanout.metadata.namespace.as_deref().unwrap_or_default();
+        resolve(&fanout.spec.targets, own, views)
     }
 
     /// The consent rule in force.

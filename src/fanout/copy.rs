@@ -6,10 +6,17 @@
 //! everything downstream (hashing, planning, writing) is written once.
 //!
 //! The hash covers exactly what the controller promises to keep true: type,
-//! data, binaryData, immutability and the copied labels/annotations. It is
-//! computed from the object actually found in a target (never trusted from
-//! its annotation), so an edited copy is noticed even when its annotation
-//! still claims the old hash.
+//! data, binaryData, immutability and the copied labels/annotations. Drift
+//! is judged on what the controller owns ([`Content::agrees_with`]): the
+//! payload, and the labels and annotations it copied, computed from the
+//! object actually found in a target (an edited copy is noticed even when
+//! its annotation still claims the old hash). Keys that other tools or a
+//! mutating admission policy add to a copy are not the controller's, and a
+//! copy that carries them is not drifted.
+//!
+//! Some objects are never replaced or deleted, whatever the conflict policy
+//! and whatever labels they carry ([`CopyKind::protection`]): losing them is
+//! something no copy can undo.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -46,9 +53,70 @@ pub const SOURCE: &str = "fanout.dev/source";
 /// change the status when a pass finds the copy already true.
 pub const SYNCED_AT: &str = "fanout.dev/synced-at";
 
+/// The field manager of every write the controller makes (copies and
+/// status): `managedFields` then tells which keys of a copy it wrote.
+pub const FIELD_MANAGER: &str = "fanout-controller";
+
+/// Annotation recording that the copy took over an object someone else
+/// made: `adopted` (content already equal) or `overwritten`. Such an object
+/// is released when the Fanout lets go of it (its Fanout labels and
+/// annotations removed), never deleted: the Fanout did not create it.
+pub const ORIGIN: &str = "fanout.dev/origin";
+
 /// Secret type that is never copied: a token is bound to the service account
 /// of its own namespace, and a copy would hand that identity to another.
 pub const SERVICE_ACCOUNT_TOKEN: &str = "kubernetes.io/service-account-token";
+
+/// Secret types a Fanout never replaces or deletes in a target, and why.
+const PROTECTED_SECRET_TYPES: [(&str, &str); 3] = [
+    (
+        SERVICE_ACCOUNT_TOKEN,
+        "a ServiceAccount token issued by the cluster for that namespace",
+    ),
+    (
+        "bootstrap.kubernetes.io/token",
+        "a bootstrap token that nodes use to join the cluster",
+    ),
+    (
+        "helm.sh/release.v1",
+        "Helm's record of a release, without which it cannot be upgraded or rolled back",
+    ),
+];
+
+/// The ConfigMap Kubernetes publishes in every namespace with the cluster's
+/// CA bundle; pods trust the API server through it.
+const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
+
+/// How a Fanout came to hold an object (see [`ORIGIN`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The Fanout created it: deleted when no longer wanted.
+    Created,
+    /// It existed with the same content and was taken over (`Adopt`).
+    Adopted,
+    /// It existed with other content and was replaced (`Overwrite`).
+    Overwritten,
+}
+
+impl Origin {
+    /// The origin an object's annotations record (no annotation: created).
+    pub fn of(annotations: &BTreeMap<String, String>) -> Self {
+        match annotations.get(ORIGIN).map(String::as_str) {
+            Some("adopted") => Self::Adopted,
+            Some("overwritten") => Self::Overwritten,
+            _ => Self::Created,
+        }
+    }
+
+    /// The annotation value, if any.
+    pub fn annotation(self) -> Option<&'static str> {
+        match self {
+            Self::Created => None,
+            Self::Adopted => Some("adopted"),
+            Self::Overwritten => Some("overwritten"),
+        }
+    }
+}
 
 /// Label and annotation keys never copied from the source: they make a
 /// GitOps tool or package manager treat the copy as its own (and prune it or
@@ -155,6 +223,22 @@ impl Content {
         format!("sha256:{}", hex::encode(hasher.finalize()))
     }
 
+    /// Whether an object found in a target (`self`) holds what `desired`
+    /// promises: the same payload, and every label and annotation of
+    /// `desired` with the same value. Keys `desired` does not have are
+    /// someone else's and are ignored.
+    pub fn agrees_with(&self, desired: &Content) -> bool {
+        let holds = |found: &BTreeMap<String, String>, wanted: &BTreeMap<String, String>| {
+            wanted
+                .iter()
+                .all(|(key, value)| found.get(key) == Some(value))
+        };
+        self.same_payload(desired)
+            && self.immutable == desired.immutable
+            && holds(&self.labels, &desired.labels)
+            && holds(&self.annotations, &desired.annotations)
+    }
+
     /// Whether the payload (type, data, binaryData) equals `other`'s; what
     /// `Adopt` requires before taking an object over.
     pub fn same_payload(&self, other: &Content) -> bool {
@@ -187,6 +271,14 @@ pub trait CopyKind:
     /// Why this object must never be copied, if so.
     fn refusal(&self) -> Option<String> {
         None
+    }
+
+    /// Why this object, found in a target, must never be replaced or
+    /// deleted by a Fanout (under any conflict policy, whatever its labels
+    /// say), if so. Shared by every kind: an object another controller owns
+    /// (an ownerReference) is that controller's to rewrite or delete.
+    fn protection(&self) -> Option<String> {
+        owner_protection(self)
     }
 }
 
@@ -235,6 +327,15 @@ impl CopyKind for Secret {
         }
     }
 
+    fn protection(&self) -> Option<String> {
+        let type_ = self.type_.as_deref().unwrap_or_default();
+        PROTECTED_SECRET_TYPES
+            .iter()
+            .find(|(protected, _)| *protected == type_)
+            .map(|(_, what)| format!("{what} (type {type_})"))
+            .or_else(|| owner_protection(self))
+    }
+
     fn refusal(&self) -> Option<String> {
         (self.type_.as_deref() == Some(SERVICE_ACCOUNT_TOKEN)).then(|| {
             format!(
@@ -248,6 +349,15 @@ impl CopyKind for Secret {
 
 impl CopyKind for ConfigMap {
     const KIND: SourceKind = SourceKind::ConfigMap;
+
+    fn protection(&self) -> Option<String> {
+        if self.metadata.name.as_deref() == Some(ROOT_CA_CONFIG_MAP) {
+            return Some(
+                "the cluster CA bundle Kubernetes publishes in every namespace".to_owned(),
+            );
+        }
+        owner_protection(self)
+    }
 
     fn content(&self) -> Content {
         Content {
@@ -285,8 +395,25 @@ impl CopyKind for ConfigMap {
     }
 }
 
+/// The protection every kind shares: another controller owns the object.
+fn owner_protection<K: Resource>(object: &K) -> Option<String> {
+    object
+        .meta()
+        .owner_references
+        .as_ref()
+        .and_then(|owners| owners.first())
+        .map(|owner| {
+            format!(
+                "owned by {} {}, which manages it",
+                owner.kind.to_lowercase(),
+                owner.name
+            )
+        })
+}
+
 /// The copy a Fanout wants in one target: the source's content plus the
-/// ownership labels and the hash annotation.
+/// ownership labels, the hash annotation and, for an object it took over,
+/// how it did.
 pub fn desired_copy<K: CopyKind>(
     content: &Content,
     hash: &str,
@@ -294,11 +421,15 @@ pub fn desired_copy<K: CopyKind>(
     source_name: &str,
     name: &str,
     namespace: &str,
+    origin: Origin,
 ) -> K {
     let mut labels = content.labels.clone();
     labels.extend(owner.labels());
     let mut annotations = content.annotations.clone();
     annotations.insert(CONTENT_HASH.to_owned(), hash.to_owned());
+    if let Some(origin) = origin.annotation() {
+        annotations.insert(ORIGIN.to_owned(), origin.to_owned());
+    }
     annotations.insert(
         SOURCE.to_owned(),
         format!("{}/{}/{}", owner.namespace, K::KIND.as_str(), source_name),
@@ -371,7 +502,15 @@ mod tests {
     fn desired_copy_carries_content_ownership_and_hash() {
         let content = source().content();
         let hash = content.hash();
-        let copy: Secret = desired_copy(&content, &hash, &owner(), "regcred", "regcred", "team-a");
+        let copy: Secret = desired_copy(
+            &content,
+            &hash,
+            &owner(),
+            "regcred",
+            "regcred",
+            "team-a",
+            Origin::Created,
+        );
         assert_eq!(
             copy.type_.as_deref(),
             Some("kubernetes.io/dockerconfigjson")
@@ -395,6 +534,7 @@ mod tests {
             "regcred",
             "regcred",
             "team-a",
+            Origin::Created,
         );
         assert_eq!(copy.content().hash(), content.hash());
     }
@@ -436,6 +576,71 @@ mod tests {
         }
         assert_eq!(a.hash(), b.hash());
         assert!(a.hash().starts_with("sha256:") && a.hash().len() == 7 + 64);
+    }
+
+    #[test]
+    fn keys_others_add_are_not_drift_but_a_changed_or_missing_key_is() {
+        let desired = source().content();
+        let mut found = desired.clone();
+        found
+            .labels
+            .insert("policy.example.com/scanned".into(), "true".into());
+        found
+            .annotations
+            .insert("other-tool/note".into(), "x".into());
+        assert!(found.agrees_with(&desired), "extra keys are someone else's");
+        let mut changed = found.clone();
+        changed.labels.insert("team".into(), "other".into());
+        assert!(!changed.agrees_with(&desired));
+        let mut missing = found.clone();
+        missing.annotations.remove("note");
+        assert!(!missing.agrees_with(&desired));
+        let mut edited = found;
+        edited.data.insert("extra".into(), b"1".to_vec());
+        assert!(!edited.agrees_with(&desired), "the payload is owned whole");
+    }
+
+    #[test]
+    fn tokens_cluster_records_and_owned_objects_are_protected() {
+        let mut secret = source();
+        assert_eq!(secret.protection(), None);
+        for type_ in [
+            SERVICE_ACCOUNT_TOKEN,
+            "bootstrap.kubernetes.io/token",
+            "helm.sh/release.v1",
+        ] {
+            secret.type_ = Some(type_.into());
+            assert!(secret.protection().unwrap().contains(type_), "{type_}");
+        }
+        let mut owned = source();
+        owned.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                kind: "Certificate".into(),
+                name: "web".into(),
+                ..Default::default()
+            },
+        ]);
+        assert_eq!(
+            owned.protection().as_deref(),
+            Some("owned by certificate web, which manages it")
+        );
+        let ca = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("kube-root-ca.crt".into()),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        };
+        assert!(ca.protection().unwrap().contains("CA bundle"));
+    }
+
+    #[test]
+    fn origin_round_trips_through_the_annotation() {
+        for origin in [Origin::Created, Origin::Adopted, Origin::Overwritten] {
+            let content = source().content();
+            let copy: Secret = desired_copy(&content, "h", &owner(), "s", "c", "ns", origin);
+            assert_eq!(Origin::of(copy.annotations()), origin);
+        }
     }
 
     #[test]

@@ -123,6 +123,7 @@ fn past_tense(operation: Operation) -> &'static str {
         Operation::Recreate => "recreated",
         Operation::Adopt => "adopted",
         Operation::Delete => "deleted",
+        Operation::Release => "released",
     }
 }
 

@@ -66,6 +66,7 @@ pub struct FanoutMetrics {
     queue_depth: IntGauge,
     reconciles_in_flight: IntGauge,
     writes_in_flight: IntGauge,
+    source_access_policy: IntGauge,
     /// Last summary per Fanout (keyed by uid), summed into `targets`.
     summaries: Arc<Mutex<HashMap<String, Summary>>>,
 }
@@ -116,9 +117,13 @@ impl FanoutMetrics {
                 "fanout_target_writes_in_flight",
                 "Target writes running now.",
             )?,
+            source_access_policy: IntGauge::new(
+                "fanout_source_access_policy",
+                "1 while the admission policy that refuses Fanouts of sources their creator may not read is in force, else 0.",
+            )?,
             summaries: Arc::default(),
         };
-        let collectors: [Box<dyn Collector>; 7] = [
+        let collectors: [Box<dyn Collector>; 8] = [
             Box::new(metrics.reconciles.clone()),
             Box::new(metrics.reconcile_duration.clone()),
             Box::new(metrics.target_writes.clone()),
@@ -126,6 +131,7 @@ impl FanoutMetrics {
             Box::new(metrics.queue_depth.clone()),
             Box::new(metrics.reconciles_in_flight.clone()),
             Box::new(metrics.writes_in_flight.clone()),
+            Box::new(metrics.source_access_policy.clone()),
         ];
         for collector in collectors {
             registry.register(collector)?;
@@ -173,6 +179,11 @@ impl FanoutMetrics {
     /// Counts a running write until the guard drops.
     pub fn write_in_flight(&self) -> InFlight {
         InFlight::new(self.writes_in_flight.clone())
+    }
+
+    /// Records whether the source-access admission policy is in force.
+    pub fn set_source_access_policy(&self, in_force: bool) {
+        self.source_access_policy.set(i64::from(in_force));
     }
 
     /// Sets the queue depth gauge.

@@ -29,6 +29,7 @@ pub mod context;
 pub mod copy;
 pub mod crd;
 pub mod events;
+pub mod guard;
 pub mod metrics;
 pub mod pass;
 pub mod plan;
@@ -145,7 +146,7 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
         client: client.clone(),
         writes: Semaphore::new(settings.fanout_concurrency.get()),
         stores: stores.clone(),
-        metrics,
+        metrics: metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         running: running.clone(),
         leader: leader.clone(),
@@ -162,6 +163,12 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
         client.clone(),
         api_server,
         health.readiness_check("crd-served"),
+        drain.clone(),
+    ));
+    background.spawn(guard::track_source_access_policy(
+        client.clone(),
+        settings.source_access_policy.clone(),
+        metrics.clone(),
         drain.clone(),
     ));
     background.spawn(readiness::track_caches_synced(

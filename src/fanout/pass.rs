@@ -33,12 +33,12 @@ use super::copy::{OWNER_UID, Owner};
 use super::crd::{Fanout, FanoutStatus, SourceKind, TargetState, TargetStatus};
 use super::events;
 use super::plan::{Operation, Plan};
-use super::prune;
+use super::prune::{self, Scope};
 use super::reconcile::chain;
 use super::retry;
 use super::status::{self, Verdict};
 use super::status_writer::{StatusError, StatusWriter};
-use super::targets::{self, NamespaceView};
+use super::targets;
 use super::write::{self, CopyJob, Done, WriteError, Writer, describe};
 use crate::runtime::batch::{self, BatchOptions, ItemOutcome};
 
@@ -97,15 +97,22 @@ struct Pass<'a> {
     cancel: &'a CancellationToken,
     namespace: String,
     uid: String,
+    owner: Owner,
     previous: FanoutStatus,
 }
 
 impl<'a> Pass<'a> {
     fn new(ctx: &'a Context, fanout: Arc<Fanout>, cancel: &'a CancellationToken) -> Self {
+        let owner = Owner {
+            namespace: fanout.namespace().unwrap_or_default(),
+            name: fanout.name_any(),
+            uid: fanout.uid().unwrap_or_default(),
+        };
         Self {
             ctx,
-            namespace: fanout.namespace().unwrap_or_default(),
-            uid: fanout.uid().unwrap_or_default(),
+            namespace: owner.namespace.clone(),
+            uid: owner.uid.clone(),
+            owner,
             previous: fanout.status.clone().unwrap_or_default(),
             fanout,
             cancel,
@@ -117,27 +124,25 @@ impl<'a> Pass<'a> {
         let Some(source) = self.read_source::<K>().await? else {
             let object = describe::<K>(&self.namespace, source_name);
             return self
-                .without_source(Verdict::SourceMissing(format!("{object} not found")))
+                .without_source::<K>(Verdict::SourceMissing(format!("{object} not found")))
                 .await;
         };
         if let Some(reason) = source.refusal() {
-            return self.without_source(Verdict::SourceRefused(reason)).await;
+            return self
+                .without_source::<K>(Verdict::SourceRefused(reason))
+                .await;
         }
         let resolved = match self.resolve() {
             Ok(resolved) => resolved,
             Err(invalid) => {
                 return self
-                    .without_source(Verdict::InvalidSpec(invalid.to_string()))
+                    .without_source::<K>(Verdict::InvalidSpec(invalid.to_string()))
                     .await;
             }
         };
         let content = source.content();
         let job = CopyJob::<K> {
-            owner: Owner {
-                namespace: self.namespace.clone(),
-                name: self.fanout.name_any(),
-                uid: self.uid.clone(),
-            },
+            owner: self.owner.clone(),
             policy: self.fanout.spec.conflict_policy,
             hash: content.hash(),
             content,
@@ -145,7 +150,7 @@ impl<'a> Pass<'a> {
             copy_name: self.fanout.copy_name().to_owned(),
             kind: PhantomData,
         };
-        let (mut entries, work, accepted) = self.classify(&resolved, &job);
+        let (mut entries, work) = self.classify(&resolved, &job);
 
         let writer = self.status_writer();
         writer.publish(self.status(&entries, Some(&job.hash), &Verdict::Targets));
@@ -157,14 +162,14 @@ impl<'a> Pass<'a> {
             .stop_on(self.ctx.drain.clone())
             .abort_on(self.cancel.clone());
         let target_writer = Writer::new(self.ctx, self.cancel);
-        let (target_writer, job_ref) = (&target_writer, &job);
+        let (target_writer, job_ref, resolved_ref) = (&target_writer, &job, &resolved);
         let mut outcomes = batch::ordered(work.iter(), options, |_, (index, work)| {
-            let namespace = resolved[*index].as_str();
+            let namespace = resolved_ref[*index].as_str();
             async move {
                 match work {
                     Work::Sync => target_writer.sync(job_ref, namespace).await,
                     Work::Remove => {
-                        self.remove::<K>(target_writer, &job_ref.copy_name, namespace)
+                        self.remove::<K>(target_writer, resolved_ref, namespace)
                             .await
                     }
                 }
@@ -218,14 +223,21 @@ impl<'a> Pass<'a> {
             && entries.iter().any(|e| e.state == TargetState::Pending);
         let mut prune_left = 0;
         if !interrupted && self.fanout.spec.prune {
-            let stale = prune::cached_copies(self.ctx, &self.uid, |c| {
-                c.kind == K::KIND
-                    && c.name == job.copy_name
-                    && accepted.contains(c.namespace.as_str())
+            // Objects labelled as ours outside the targets; `Scope` keeps
+            // only the real copies of them. Refused targets were handled
+            // in the batch.
+            let targeted: HashSet<&str> = resolved.iter().map(String::as_str).collect();
+            let candidates = prune::cached::<K>(self.ctx, &self.uid, |c| {
+                targeted.contains(c.namespace().unwrap_or_default().as_str())
             });
-            let deleted = prune::delete_all(self.ctx, stale, self.cancel).await;
-            *writes.entry(Operation::Delete).or_default() += deleted.deleted;
-            prune_left = deleted.remaining;
+            let stale = self
+                .scope(&resolved)
+                .select(self.ctx, candidates.iter().map(|c| &**c));
+            let let_go = prune::let_go_all(self.ctx, stale, self.cancel).await;
+            for (operation, count) in let_go.writes() {
+                *writes.entry(operation).or_default() += count;
+            }
+            prune_left = let_go.remaining;
         }
         let verdict = if interrupted {
             Verdict::Interrupted
@@ -251,17 +263,11 @@ impl<'a> Pass<'a> {
     }
 
     fn resolve(&self) -> Result<Vec<String>, targets::InvalidSelector> {
-        let namespaces = self.ctx.stores.namespaces.state();
-        let views = namespaces.iter().map(|ns| NamespaceView {
-            name: ns.metadata.name.as_deref().unwrap_or_default(),
-            labels: ns.labels(),
-            terminating: ns.metadata.deletion_timestamp.is_some(),
-        });
-        targets::resolve(&self.fanout.spec.targets, &self.namespace, views)
+        self.ctx.resolve(&self.fanout)
     }
 
-    /// Initial entries, the work list `(entry index, work)` and the
-    /// namespaces that accept copies, all in resolution order.
+    /// Initial entries and the work list `(entry index, work)`, both in
+    /// resolution order.
     ///
     /// What the cache already decides costs no write and is reported at
     /// once: a true copy is `Synced`, a blocker `Conflict`. Only targets
@@ -272,11 +278,10 @@ impl<'a> Pass<'a> {
         &self,
         resolved: &[String],
         job: &CopyJob<K>,
-    ) -> (Vec<TargetStatus>, Vec<(usize, Work)>, HashSet<String>) {
+    ) -> (Vec<TargetStatus>, Vec<(usize, Work)>) {
         let consent = self.ctx.consent();
         let mut entries = Vec::with_capacity(resolved.len());
         let mut work = Vec::new();
-        let mut accepted = HashSet::new();
         for (index, target) in resolved.iter().enumerate() {
             let Some(namespace) = self.ctx.stores.namespaces.get(&ObjectRef::new(target)) else {
                 entries.push(failed(target, format!("namespace {target} does not exist")));
@@ -289,7 +294,6 @@ impl<'a> Pass<'a> {
                 ));
             } else if consent.accepts(namespace.labels(), namespace.annotations(), &self.namespace)
             {
-                accepted.insert(target.clone());
                 let current = job.cached(self.ctx, target);
                 match job.plan(self.ctx, target, current.as_ref()) {
                     Plan::Keep => {
@@ -299,7 +303,7 @@ impl<'a> Pass<'a> {
                     Plan::Conflict(message) => {
                         entries.push(write::conflict(target, message).status);
                     }
-                    Plan::Write(_) => {
+                    Plan::Write(..) => {
                         entries.push(pending(target));
                         work.push((index, Work::Sync));
                     }
@@ -311,7 +315,7 @@ impl<'a> Pass<'a> {
                 }
             }
         }
-        (entries, work, accepted)
+        (entries, work)
     }
 
     fn owns_copy<K: Cached>(&self, namespace: &str, name: &str) -> bool {
@@ -320,34 +324,67 @@ impl<'a> Pass<'a> {
             .is_some_and(|c| c.labels().get(OWNER_UID) == Some(&self.uid))
     }
 
-    /// Removes our copy from a namespace that withdrew its consent.
+    /// Lets go of our copy in a target that withdrew its consent.
     async fn remove<K: Cached>(
         &self,
         writer: &Writer<'_>,
-        copy_name: &str,
+        resolved: &[String],
         namespace: &str,
     ) -> Result<Done, WriteError> {
-        let uid = K::cache(&self.ctx.stores)
-            .get(&ObjectRef::new(copy_name).within(namespace))
-            .and_then(|c| c.uid());
-        let deleted = writer.delete::<K>(namespace, copy_name, uid).await?;
-        if deleted {
-            info!(target_namespace = %namespace, "namespace does not consent: removed its copy");
+        let refused = Done {
+            status: refused(namespace, &self.namespace),
+            operation: None,
+        };
+        let copy_name = self.fanout.copy_name();
+        let Some(found) =
+            K::cache(&self.ctx.stores).get(&ObjectRef::new(copy_name).within(namespace))
+        else {
+            return Ok(refused);
+        };
+        let copy = match self.scope(resolved).admits(self.ctx, &*found) {
+            Ok(copy) => copy,
+            Err(reason) => {
+                warn!(%reason, "labelled as this Fanout's copy but left alone");
+                return Ok(refused);
+            }
+        };
+        let operation = writer.let_go::<K>(&copy).await?;
+        if operation.is_some() {
+            info!(target_namespace = %namespace, "namespace does not consent: let go of its copy");
         }
         Ok(Done {
-            status: refused(namespace, &self.namespace),
-            operation: deleted.then_some(Operation::Delete),
+            operation,
+            ..refused
         })
+    }
+
+    /// What this Fanout may let go of, with `resolved` as its targets.
+    fn scope<'s>(&'s self, resolved: &[String]) -> Scope<'s> {
+        Scope {
+            owner: &self.owner,
+            kind: self.fanout.spec.source.kind,
+            copy_name: self.fanout.copy_name(),
+            targets: resolved.iter().cloned().collect(),
+            consent: self.ctx.consent(),
+        }
     }
 
     /// The source is gone or may not be copied, or the spec cannot be
     /// evaluated: no targets; with `prune`, a missing or refused source's
     /// copies are deleted (a spec error deletes nothing).
-    async fn without_source(&self, verdict: Verdict) -> Result<Action, PassError> {
+    async fn without_source<K: Cached>(&self, verdict: Verdict) -> Result<Action, PassError> {
         let mut writes = BTreeMap::new();
-        if self.fanout.spec.prune && !matches!(verdict, Verdict::InvalidSpec(_)) {
-            let copies = prune::cached_copies(self.ctx, &self.uid, |_| false);
-            writes = prune::delete_all(self.ctx, copies, self.cancel)
+        let resolved = self.resolve();
+        if let (true, Ok(resolved), false) = (
+            self.fanout.spec.prune,
+            &resolved,
+            matches!(verdict, Verdict::InvalidSpec(_)),
+        ) {
+            let candidates = prune::cached::<K>(self.ctx, &self.uid, |_| false);
+            let copies = self
+                .scope(resolved)
+                .select(self.ctx, candidates.iter().map(|c| &**c));
+            writes = prune::let_go_all(self.ctx, copies, self.cancel)
                 .await
                 .writes();
         }

@@ -4,8 +4,13 @@
 //!
 //! Pure, so every branch of the conflict policy is unit-tested; the writer
 //! only carries the decision out.
+//!
+//! A protected object (a ServiceAccount token, an object another controller
+//! owns, ...: [`super::copy::CopyKind::protection`]) is a `Conflict` under
+//! every policy, even when its labels claim it is this Fanout's copy: labels
+//! are written by whoever may edit the object, so they prove nothing.
 
-use super::copy::{Content, Owner};
+use super::copy::{CONTENT_HASH, Content, CopyKind, Origin, Owner};
 use super::crd::ConflictPolicy;
 
 /// The object currently in a target under the copy's name.
@@ -15,6 +20,26 @@ pub struct Found {
     pub owner: Option<Owner>,
     /// Its content (filtered as copies hold it).
     pub content: Content,
+    /// The content hash its annotation records, if any.
+    pub recorded_hash: Option<String>,
+    /// How the Fanout that holds it came to (if one does).
+    pub origin: Origin,
+    /// Why it must never be replaced or deleted, if so.
+    pub protection: Option<String>,
+}
+
+impl Found {
+    /// What planning needs to know about `object`.
+    pub fn of<K: CopyKind>(object: &K) -> Self {
+        use kube::ResourceExt;
+        Self {
+            owner: Owner::from_labels(object.labels()),
+            content: object.content(),
+            recorded_hash: object.annotations().get(CONTENT_HASH).cloned(),
+            origin: Origin::of(object.annotations()),
+            protection: object.protection(),
+        }
+    }
 }
 
 /// A write that changes a target.
@@ -31,16 +56,20 @@ pub enum Operation {
     Adopt,
     /// Remove a copy that must not be there (no consent, pruned, cleanup).
     Delete,
+    /// Let go of an object the Fanout adopted or overwrote: remove its
+    /// Fanout labels and annotations, leave the object.
+    Release,
 }
 
 impl Operation {
     /// Every operation, for metrics.
-    pub const ALL: [Operation; 5] = [
+    pub const ALL: [Operation; 6] = [
         Self::Create,
         Self::Update,
         Self::Recreate,
         Self::Adopt,
         Self::Delete,
+        Self::Release,
     ];
 
     /// Lowercase name, the metrics label value.
@@ -51,6 +80,7 @@ impl Operation {
             Self::Recreate => "recreate",
             Self::Adopt => "adopt",
             Self::Delete => "delete",
+            Self::Release => "release",
         }
     }
 }
@@ -60,8 +90,8 @@ impl Operation {
 pub enum Plan {
     /// The copy there is already true.
     Keep,
-    /// Write this.
-    Write(Operation),
+    /// Write this; the copy then records this origin.
+    Write(Operation, Origin),
     /// Leave it alone; the message says why (state `Conflict`).
     Conflict(String),
 }
@@ -88,14 +118,21 @@ impl Decider<'_> {
         other_owner_exists: impl Fn(&Owner) -> bool,
     ) -> Plan {
         let Some(found) = found else {
-            return Plan::Write(Operation::Create);
+            return Plan::Write(Operation::Create, Origin::Created);
         };
+        if let Some(reason) = &found.protection {
+            return Plan::Conflict(format!(
+                "{describe} is {reason}: a Fanout never replaces or deletes it"
+            ));
+        }
         match &found.owner {
             Some(owner) if owner.uid == self.owner.uid => {
-                if found.content.hash() == desired_hash {
+                let current = found.recorded_hash.as_deref() == Some(desired_hash)
+                    && found.content.agrees_with(desired);
+                if current {
                     Plan::Keep
                 } else {
-                    Plan::Write(replacement(desired, &found.content))
+                    Plan::Write(replacement(desired, &found.content), found.origin)
                 }
             }
             // Two Fanouts writing one object would undo each other forever,
@@ -117,15 +154,17 @@ impl Decider<'_> {
             )),
             ConflictPolicy::Adopt if desired.same_payload(&found.content) => {
                 if found.content.immutable != desired.immutable {
-                    Plan::Write(replacement(desired, &found.content))
+                    Plan::Write(replacement(desired, &found.content), Origin::Adopted)
                 } else {
-                    Plan::Write(Operation::Adopt)
+                    Plan::Write(Operation::Adopt, Origin::Adopted)
                 }
             }
             ConflictPolicy::Adopt => Plan::Conflict(format!(
                 "{describe} exists with different content and is not managed by {ours}; conflictPolicy Adopt only takes over an object whose content already matches"
             )),
-            ConflictPolicy::Overwrite => Plan::Write(replacement(desired, &found.content)),
+            ConflictPolicy::Overwrite => {
+                Plan::Write(replacement(desired, &found.content), Origin::Overwritten)
+            }
         }
     }
 }
@@ -165,9 +204,15 @@ mod tests {
     fn found(owner_uid: Option<&str>, content: Content) -> Found {
         Found {
             owner: owner_uid.map(self::owner),
+            recorded_hash: Some(content.hash()),
             content,
+            origin: Origin::Created,
+            protection: None,
         }
     }
+
+    /// The origin the tests' writes record; checked on its own below.
+    const ORIGIN: Origin = Origin::Created;
 
     fn plan(policy: ConflictPolicy, desired: &Content, existing: Option<&Found>) -> Plan {
         let me = owner("me");
@@ -180,7 +225,7 @@ mod tests {
     fn nothing_there_is_created() {
         assert_eq!(
             plan(ConflictPolicy::Skip, &content("v"), None),
-            Plan::Write(Operation::Create)
+            Plan::Write(Operation::Create, ORIGIN)
         );
     }
 
@@ -195,7 +240,7 @@ mod tests {
         let drifted = found(Some("me"), content("edited"));
         assert_eq!(
             plan(ConflictPolicy::Skip, &desired, Some(&drifted)),
-            Plan::Write(Operation::Update)
+            Plan::Write(Operation::Update, ORIGIN)
         );
     }
 
@@ -210,7 +255,7 @@ mod tests {
                 &desired,
                 Some(&found(Some("me"), retyped))
             ),
-            Plan::Write(Operation::Recreate)
+            Plan::Write(Operation::Recreate, ORIGIN)
         );
         let mut immutable = content("old");
         immutable.immutable = true;
@@ -220,7 +265,7 @@ mod tests {
                 &desired,
                 Some(&found(Some("me"), immutable))
             ),
-            Plan::Write(Operation::Recreate)
+            Plan::Write(Operation::Recreate, ORIGIN)
         );
     }
 
@@ -234,7 +279,7 @@ mod tests {
                 &desired,
                 Some(&found(Some("me"), content("v")))
             ),
-            Plan::Write(Operation::Update)
+            Plan::Write(Operation::Update, ORIGIN)
         );
         let mut was_immutable = content("v");
         was_immutable.immutable = true;
@@ -244,7 +289,7 @@ mod tests {
                 &content("v"),
                 Some(&found(Some("me"), was_immutable))
             ),
-            Plan::Write(Operation::Recreate)
+            Plan::Write(Operation::Recreate, ORIGIN)
         );
     }
 
@@ -272,7 +317,7 @@ mod tests {
                 &desired,
                 Some(&found(None, content("v")))
             ),
-            Plan::Write(Operation::Adopt)
+            Plan::Write(Operation::Adopt, Origin::Adopted)
         );
         assert!(matches!(
             plan(ConflictPolicy::Adopt, &desired, Some(&found(None, content("other")))),
@@ -288,7 +333,7 @@ mod tests {
                 &content("v"),
                 Some(&found(None, content("other")))
             ),
-            Plan::Write(Operation::Update)
+            Plan::Write(Operation::Update, Origin::Overwritten)
         );
     }
 
@@ -316,7 +361,54 @@ mod tests {
         ));
         assert_eq!(
             plan(ConflictPolicy::Overwrite, &content("x"), Some(&leftover)),
-            Plan::Write(Operation::Update)
+            Plan::Write(Operation::Update, Origin::Overwritten)
+        );
+    }
+
+    #[test]
+    fn a_protected_object_is_a_conflict_under_every_policy_whatever_its_labels() {
+        for owner in [None, Some("me")] {
+            let mut token = found(owner, content("other"));
+            token.protection = Some("a ServiceAccount token".into());
+            for policy in [
+                ConflictPolicy::Skip,
+                ConflictPolicy::Adopt,
+                ConflictPolicy::Overwrite,
+            ] {
+                assert!(matches!(
+                    plan(policy, &content("v"), Some(&token)),
+                    Plan::Conflict(m) if m.contains("a ServiceAccount token") && m.contains("never replaces")
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn keys_others_added_to_our_copy_are_not_drift() {
+        let desired = content("v");
+        let mut ours = found(Some("me"), content("v"));
+        ours.content
+            .labels
+            .insert("policy.example.com/scanned".into(), "true".into());
+        assert_eq!(
+            plan(ConflictPolicy::Skip, &desired, Some(&ours)),
+            Plan::Keep
+        );
+        ours.recorded_hash = Some("sha256:older".into());
+        assert_eq!(
+            plan(ConflictPolicy::Skip, &desired, Some(&ours)),
+            Plan::Write(Operation::Update, ORIGIN),
+            "a copy written for another source content is rewritten"
+        );
+    }
+
+    #[test]
+    fn an_adopted_copy_keeps_its_origin_when_it_is_rewritten() {
+        let mut adopted = found(Some("me"), content("old"));
+        adopted.origin = Origin::Adopted;
+        assert_eq!(
+            plan(ConflictPolicy::Skip, &content("new"), Some(&adopted)),
+            Plan::Write(Operation::Update, Origin::Adopted)
         );
     }
 }

@@ -38,6 +38,9 @@ pub struct Settings {
     pub fanout_selector: Option<String>,
     /// Name of this instance in Events (`reportingInstance`), e.g. the pod name.
     pub instance: Option<String>,
+    /// The source-access admission policy to watch for
+    /// (`--source-access-policy`; see [`super::guard`]).
+    pub source_access_policy: Option<String>,
 }
 
 impl Default for Settings {
@@ -53,6 +56,7 @@ impl Default for Settings {
             max_status_targets: DEFAULT_MAX_TARGETS,
             fanout_selector: None,
             instance: None,
+            source_access_policy: None,
         }
     }
 }

@@ -27,11 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
 use super::api::{CallError, Caller};
+use super::copy::FIELD_MANAGER;
 use super::crd::{Fanout, FanoutStatus};
 use crate::runtime::health::Watchdog;
-
-/// Field manager of the controller's status writes.
-pub const FIELD_MANAGER: &str = "fanout-controller";
 
 /// Errors writing a status.
 #[derive(Debug, thiserror::Error)]

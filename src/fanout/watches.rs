@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::context::{Cache, Cached, Listed, Stores};
-use super::copy::{CONTENT_HASH, COPIES_SELECTOR, CopyKind, Owner};
+use super::copy::{CONTENT_HASH, COPIES_SELECTOR, CopyKind, FIELD_MANAGER, Owner};
 use super::crd::Fanout;
 use super::metrics::FanoutMetrics;
 use super::running::Running;
@@ -288,7 +288,12 @@ fn copy_requests<K: Cached>(
     let config = watcher::Config::default().labels(COPIES_SELECTOR);
     watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
-        .modify(|copy| copy.managed_fields_mut().clear())
+        // Only the controller's own managedFields entry is kept: it tells
+        // which labels of a copy are someone else's (see `write.rs`).
+        .modify(|copy| {
+            copy.managed_fields_mut()
+                .retain(|entry| entry.manager.as_deref() == Some(FIELD_MANAGER))
+        })
         .reflect(writer)
         .filter_map(move |event| {
             let requests: Vec<ObjectRef<Fanout>> = match event {

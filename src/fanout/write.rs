@@ -11,25 +11,30 @@
 //! single POST or PUT is atomic on the server, so a write cut off by
 //! cancellation leaves either the old object or the new one.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::str::FromStr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use tokio::sync::SemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::api::{CallError, Caller};
 use super::context::{Cached, Context};
-use super::copy::{Content, Owner, SYNCED_AT, desired_copy};
+use super::copy::{
+    CONTENT_HASH, Content, FIELD_MANAGER, MANAGED_BY, ORIGIN, OWNER_NAME, OWNER_NAMESPACE,
+    OWNER_UID, Origin, Owner, SOURCE, SYNCED_AT, desired_copy,
+};
 use super::crd::{ConflictPolicy, TargetState, TargetStatus};
 use super::metrics::WriteResult;
 use super::plan::{Decider, Found, Operation, Plan};
+use super::prune::CopyRef;
 use super::retry::{self, ErrorClass};
 
 /// Decisions per target before giving up until the next pass: each stale
@@ -78,10 +83,7 @@ pub struct CopyJob<K> {
 impl<K: Cached> CopyJob<K> {
     /// What this job needs in `namespace`, given what is there (`current`).
     pub fn plan(&self, ctx: &Context, namespace: &str, current: Option<&K>) -> Plan {
-        let found = current.map(|o| Found {
-            owner: Owner::from_labels(o.labels()),
-            content: o.content(),
-        });
+        let found = current.map(Found::of);
         let decider = Decider {
             owner: &self.owner,
             policy: self.policy,
@@ -132,16 +134,16 @@ impl<'a> Writer<'a> {
         let mut current = job.cached(self.ctx, namespace);
         let mut permit = None;
         for attempt in 0..MAX_ATTEMPTS {
-            let operation = match job.plan(self.ctx, namespace, current.as_ref()) {
+            let (operation, origin) = match job.plan(self.ctx, namespace, current.as_ref()) {
                 Plan::Keep => return Ok(synced(namespace, &job.hash, current.as_ref(), None)),
                 Plan::Conflict(message) => return Ok(conflict(namespace, message)),
-                Plan::Write(operation) => operation,
+                Plan::Write(operation, origin) => (operation, origin),
             };
             if permit.is_none() {
                 permit = Some(self.permit().await?);
             }
             match self
-                .execute(&api, job, namespace, operation, current.as_ref())
+                .execute(&api, job, namespace, (operation, origin), current.as_ref())
                 .await
             {
                 Ok(written) => {
@@ -173,44 +175,61 @@ impl<'a> Writer<'a> {
         })
     }
 
-    /// Deletes a copy this Fanout made, unless it was replaced meanwhile
-    /// (the uid precondition): `true` if it was deleted now.
-    pub async fn delete<K: Cached>(
-        &self,
-        namespace: &str,
-        name: &str,
-        uid: Option<String>,
-    ) -> Result<bool, WriteError> {
-        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), namespace);
-        let object = describe::<K>(namespace, name);
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid,
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
+    /// Lets go of `copy` (already verified, see [`super::prune`]): deletes
+    /// it if the Fanout created it, unless it was replaced meanwhile (the
+    /// uid precondition); releases it if the Fanout took it over (its Fanout
+    /// labels and annotations removed, unless it changed meanwhile: the
+    /// resourceVersion precondition). `None` if nothing was left to do.
+    pub async fn let_go<K: Cached>(&self, copy: &CopyRef) -> Result<Option<Operation>, WriteError> {
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &copy.namespace);
+        let object = describe::<K>(&copy.namespace, &copy.name);
         let _permit = self.permit().await?;
-        match self
-            .request(Operation::Delete, &object, || api.delete(name, &params))
-            .await
-        {
-            Ok(_) => Ok(true),
-            // Gone already, or replaced by an object that is not this copy:
-            // either way nothing of ours is left to delete.
-            Err(error) if error.class() == ErrorClass::Stale => Ok(false),
+        let result = match copy.origin {
+            Origin::Created => {
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: copy.uid.clone(),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                self.request(Operation::Delete, &object, || {
+                    api.delete(&copy.name, &params)
+                })
+                .await
+                .map(|_| Operation::Delete)
+            }
+            Origin::Adopted | Origin::Overwritten => {
+                let patch = Patch::Merge(release_patch(copy.resource_version.as_deref()));
+                let params = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.to_owned()),
+                    ..PatchParams::default()
+                };
+                self.request(Operation::Release, &object, || {
+                    api.patch(&copy.name, &params, &patch)
+                })
+                .await
+                .map(|_| Operation::Release)
+            }
+        };
+        match result {
+            Ok(operation) => Ok(Some(operation)),
+            // Gone already, or replaced or changed by someone else: nothing
+            // of ours is left to let go of, or the next pass decides again.
+            Err(error) if error.class() == ErrorClass::Stale => Ok(None),
             Err(error) => Err(error.into()),
         }
     }
 
     /// One write; a recreate is a delete (guarded by uid and
-    /// resourceVersion) followed by a create.
+    /// resourceVersion) followed by a create. An update keeps the labels and
+    /// annotations that are someone else's ([`keep_foreign_metadata`]).
     async fn execute<K: Cached>(
         &self,
         api: &Api<K>,
         job: &CopyJob<K>,
         namespace: &str,
-        operation: Operation,
+        (operation, origin): (Operation, Origin),
         current: Option<&K>,
     ) -> Result<K, CallError> {
         let object = describe::<K>(namespace, &job.copy_name);
@@ -221,6 +240,7 @@ impl<'a> Writer<'a> {
             &job.source_name,
             &job.copy_name,
             namespace,
+            origin,
         );
         // Whole seconds, as `lastSyncTime` is written: a value that would
         // not survive the round trip through the status would make every
@@ -230,9 +250,13 @@ impl<'a> Writer<'a> {
         desired
             .annotations_mut()
             .insert(SYNCED_AT.to_owned(), now.to_string());
-        let create = PostParams::default();
+        let create = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
         match (operation, current) {
             (Operation::Update | Operation::Adopt, Some(current)) => {
+                keep_foreign_metadata(current, &mut desired);
                 desired.meta_mut().resource_version = current.resource_version();
                 self.request(operation, &object, || {
                     api.replace(&job.copy_name, &create, &desired)
@@ -299,6 +323,82 @@ impl<'a> Writer<'a> {
     fn caller(&self) -> Caller<'a> {
         self.ctx.caller(self.cancel)
     }
+}
+
+/// A merge patch removing every Fanout label and annotation, valid only
+/// against `resource_version`.
+fn release_patch(resource_version: Option<&str>) -> serde_json::Value {
+    let nulls = |keys: &[&str]| {
+        keys.iter()
+            .map(|k| ((*k).to_owned(), serde_json::Value::Null))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    serde_json::json!({
+        "metadata": {
+            "resourceVersion": resource_version,
+            "labels": nulls(&[MANAGED_BY, OWNER_NAMESPACE, OWNER_NAME, OWNER_UID]),
+            "annotations": nulls(&[CONTENT_HASH, SOURCE, SYNCED_AT, ORIGIN]),
+        }
+    })
+}
+
+/// Adds to `desired` the labels and annotations of `current` that are
+/// someone else's: keys the copy does not want and this controller never
+/// wrote (its field manager owns none of them in `managedFields`). Another
+/// tool's label survives an update; a label this controller copied from the
+/// source, and the source has since dropped, does not. A key a mutating
+/// admission policy adds counts as written by the request's manager: it is
+/// dropped by the update and added again by the policy, and since drift
+/// ignores keys the copy does not want, it never causes another write.
+fn keep_foreign_metadata<K: Resource>(current: &K, desired: &mut K) {
+    let (our_labels, our_annotations) = keys_written_by(current, FIELD_MANAGER);
+    let meta = desired.meta_mut();
+    for (found, wanted, ours) in [
+        (
+            current.meta().labels.as_ref(),
+            &mut meta.labels,
+            &our_labels,
+        ),
+        (
+            current.meta().annotations.as_ref(),
+            &mut meta.annotations,
+            &our_annotations,
+        ),
+    ] {
+        let wanted = wanted.get_or_insert_with(Default::default);
+        for (key, value) in found.into_iter().flatten() {
+            if !wanted.contains_key(key) && !ours.contains(key) {
+                wanted.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// The label and annotation keys `manager` owns on `object`, from its
+/// `managedFields`.
+fn keys_written_by<K: Resource>(object: &K, manager: &str) -> (HashSet<String>, HashSet<String>) {
+    let mut labels = HashSet::new();
+    let mut annotations = HashSet::new();
+    let entries = object.meta().managed_fields.iter().flatten();
+    for entry in entries.filter(|e| e.manager.as_deref() == Some(manager)) {
+        let Some(fields) = &entry.fields_v1 else {
+            continue;
+        };
+        let metadata = &fields.0["f:metadata"];
+        for (section, keys) in [
+            ("f:labels", &mut labels),
+            ("f:annotations", &mut annotations),
+        ] {
+            if let Some(map) = metadata[section].as_object() {
+                keys.extend(
+                    map.keys()
+                        .filter_map(|k| k.strip_prefix("f:"))
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
+    (labels, annotations)
 }
 
 /// `secret team-a/regcred`: how messages name an object.

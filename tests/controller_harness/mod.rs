@@ -11,7 +11,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fanout::fanout::crd::{
@@ -40,11 +40,15 @@ use crate::support::{self, Cluster, TestNamespace};
 pub const SHARD_LABEL: &str = "fanout.dev/test-shard";
 
 /// Installs the CRD (once per test binary) and waits until it is served.
+/// Tests run side by side: the first one installs, the others wait for it
+/// (two concurrent `kubectl apply`s of a missing CRD both try to create it,
+/// and one of them fails with AlreadyExists).
 pub async fn install_crd(cluster: &Cluster) {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    if INSTALLED.get().is_some() {
-        return;
-    }
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED.get_or_init(|| establish_crd(cluster)).await;
+}
+
+async fn establish_crd(cluster: &Cluster) {
     cluster.apply_yaml(&crd_yaml());
     let crds: Api<CustomResourceDefinition> = Api::all(cluster.client());
     support::eventually(
@@ -63,7 +67,6 @@ pub async fn install_crd(cluster: &Cluster) {
         },
     )
     .await;
-    let _ = INSTALLED.set(());
 }
 
 /// A controller running in this test's runtime.
@@ -189,6 +192,12 @@ impl World {
     pub fn start_with_delay(&self, settings: Settings, delay: Option<WriteDelay>) -> Controller {
         let mut config = self.cluster.config();
         config.default_retry = false;
+        // Names the controller in the API server's audit log.
+        let agent = format!("fanout-test/{}", self.shard);
+        config.headers.push((
+            http::header::USER_AGENT,
+            agent.parse().expect("a header value"),
+        ));
         let builder = ClientBuilder::try_from(config).expect("client from the testbed config");
         let deadline = DeadlineLayer::new(settings.write_timeout);
         let client = match delay {

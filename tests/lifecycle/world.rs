@@ -186,7 +186,7 @@ impl World {
 /// leader-election Role(Binding) as Helm renders them for a release named
 /// `release` in `namespace`, and returns a kubeconfig with a token of that
 /// ServiceAccount.
-async fn chart_identity(cluster: &support::Cluster, release: &str, namespace: &str) -> String {
+pub async fn chart_identity(cluster: &support::Cluster, release: &str, namespace: &str) -> String {
     let chart = support::repo_root().join("charts/fanout");
     let output = cluster
         .command("helm")

@@ -79,6 +79,14 @@ controller checks): at most 63 characters with the "-leader" suffix.
 {{- end }}
 
 {{/*
+The source-access ValidatingAdmissionPolicy and its binding (cluster-scoped,
+so named after the release).
+*/}}
+{{- define "fanout.sourceAccessPolicyName" -}}
+{{- printf "%s-source-access" (include "fanout.fullname" . | trunc 49 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
 The pod's grace period: shutdownTimeoutSeconds + gracePeriodMarginSeconds,
 unless terminationGracePeriodSeconds pins it (fanout.validate checks it then).
 */}}
