@@ -18,21 +18,28 @@ ARG RUST_VERSION=1.95
 FROM docker.io/library/rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /src
 
-# Dependencies first, in their own layer: it is rebuilt only when Cargo.toml
-# or Cargo.lock change, not on every source edit. Empty targets stand in for
-# the crate's own code, and for the benchmark that Cargo.toml declares (the
-# benches are not in the build context, but the manifest must parse).
+# Dependencies first, in their own layer: it is rebuilt only when a manifest
+# or Cargo.lock changes, not on every source edit. Cargo loads the whole
+# workspace, so every member's manifest comes in, each with empty targets
+# standing in for its code; only the fanout binary is built.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > benches/fanout.rs \
-    && cargo build --release --locked --bin fanout \
-    && rm -rf src
+COPY crates/kube-lifecycle/Cargo.toml crates/kube-lifecycle/
+COPY crates/fanout/Cargo.toml crates/fanout/
+COPY crates/testkit/Cargo.toml crates/testkit/
+COPY crates/fanout-bench/Cargo.toml crates/fanout-bench/
+COPY examples/Cargo.toml examples/
+RUN for member in crates/kube-lifecycle crates/fanout crates/testkit crates/fanout-bench examples; do \
+        mkdir -p "$member/src" && echo 'fn main() {}' > "$member/src/main.rs" && touch "$member/src/lib.rs"; \
+    done \
+    && cargo build --release --locked -p fanout --bin fanout \
+    && rm -rf crates/kube-lifecycle/src crates/fanout/src
 
-# The crate itself. touch: the stand-ins above may be newer than the
-# checkout's files, and cargo compares modification times.
-COPY src ./src
-RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin fanout
+# The two crates the binary is made of. touch: the stand-ins above may be
+# newer than the checkout's files, and cargo compares modification times.
+COPY crates/kube-lifecycle/src crates/kube-lifecycle/src/
+COPY crates/fanout/src crates/fanout/src/
+RUN touch crates/kube-lifecycle/src/lib.rs crates/fanout/src/lib.rs crates/fanout/src/main.rs \
+    && cargo build --release --locked -p fanout --bin fanout
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /src/target/release/fanout /fanout

@@ -1,0 +1,47 @@
+//! Fanout copies a Secret or ConfigMap from one namespace into many and
+//! keeps the copies true. It runs on [`kube_lifecycle`], which gives it its
+//! probes, drain, leader election and API deadlines; this crate is the
+//! domain.
+//!
+//! One target write, from a source edit to the status patch, in the order
+//! the files are met:
+//!
+//! 1. [`watches`]: the source's watch event becomes a reconcile request for
+//!    the Fanouts that name it;
+//! 2. [`reconcile`]: the leadership gate and finalizer, then the pass: read
+//!    the source, resolve and classify the targets, run the ordered batch of
+//!    writes, prune, write the final status;
+//! 3. [`targets`]: resolution order and consent;
+//! 4. [`write`]: one target's write under the write cap (and letting go of
+//!    copies);
+//! 5. [`copy`]: what the copy must hold, and the decision (keep, write,
+//!    conflict) against what is there;
+//! 6. [`status`]: the ordered status, written at most once per interval.
+//!
+//! Underneath them: [`api`] (every API call: deadline, retry, cancellation),
+//! [`context`] (what reconciles share, and the settings), [`crd`] (the
+//! resource and its admission rules), [`metrics`], [`events`], [`guard`] (is
+//! the source-access admission policy in force). Above them: [`controller`]
+//! (the run loop: watches into kube-runtime's applier, the drain) and
+//! [`app`] (flags into the runtime and the controller); [`config`] parses
+//! the flags. The modules form layers with no import cycle: `crd` → `api`,
+//! `copy` → `metrics` → `status` → `targets` → `context` → `write`,
+//! `watches` → `reconcile` → `controller` → `app`.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod context;
+pub mod controller;
+pub mod copy;
+pub mod crd;
+pub mod events;
+pub mod guard;
+pub mod metrics;
+pub mod reconcile;
+pub mod status;
+pub mod targets;
+pub mod watches;
+pub mod write;
+
+pub use crd::{Fanout, FanoutSpec, FanoutStatus, crd_yaml};
