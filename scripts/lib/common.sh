@@ -3,8 +3,11 @@
 #
 # The cache lives outside the checkout so that a fresh clone reuses binaries
 # that take many minutes to build. Its directory name is derived from the
-# pinned versions, so bumping tools/versions.env builds into a new directory
-# and never mixes binaries of two versions.
+# pinned control-plane versions (Kubernetes, etcd, Helm), so bumping one of
+# them builds into a new directory and never mixes binaries of two versions.
+# Linters that nothing else depends on (kube-score) are not in the key: each
+# binary's recipe file (scripts/tools-build) carries its version, so bumping
+# one rebuilds that binary alone, in place.
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=../../tools/versions.env

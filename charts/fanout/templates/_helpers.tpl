@@ -70,6 +70,17 @@ The image tag: image.tag, or the chart's appVersion.
 {{- end }}
 
 {{/*
+The controller's image. image.repository has no default because no public
+image exists: an install that left it unset would create pods that can never
+pull (ImagePullBackOff), so it fails here, before anything is created, and
+says how to get an image.
+*/}}
+{{- define "fanout.image" -}}
+{{- $repository := required (printf "image.repository is required: there is no public Fanout image. Build one with the repository's Dockerfile (docker build -t REGISTRY/fanout:%s .), push it to a registry your nodes can pull from (docker push REGISTRY/fanout:%s), and install with --set image.repository=REGISTRY/fanout (README, \"Install into your cluster\")." (include "fanout.imageTag" .) (include "fanout.imageTag" .)) .Values.image.repository }}
+{{- printf "%s:%s" $repository (include "fanout.imageTag" .) }}
+{{- end }}
+
+{{/*
 The leader Lease's name: the Role grants access to this one Lease, and the
 controller is told the same name, so both come from here. A DNS label (the
 controller checks): at most 63 characters with the "-leader" suffix.

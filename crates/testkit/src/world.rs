@@ -195,6 +195,8 @@ pub async fn chart_identity(cluster: &support::Cluster, release: &str, namespace
             "--set",
             &format!("fullnameOverride={release}"),
         ])
+        // Required by the chart (no public image); unused by these templates.
+        .args(["--set", "image.repository=fanout.local/fanout"])
         .args(["--show-only", "templates/serviceaccount.yaml"])
         .args(["--show-only", "templates/clusterrole.yaml"])
         .args(["--show-only", "templates/leader-election-role.yaml"])

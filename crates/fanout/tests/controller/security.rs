@@ -50,6 +50,8 @@ fn install_source_access_policy() -> ClusterScoped {
         .args(["template", &release])
         .arg(testkit::repo_root().join("charts/fanout"))
         .args(["--set", &format!("fullnameOverride={release}")])
+        // Required by the chart (no public image); unused by this template.
+        .args(["--set", "image.repository=fanout.local/fanout"])
         .args(["--show-only", "templates/source-access-policy.yaml"])
         .output()
         .unwrap();
