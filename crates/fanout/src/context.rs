@@ -28,25 +28,30 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Caller, Failures};
+use crate::cache::CopyCache;
 use crate::copy::{CopyKind, Owner};
 use crate::crd::Fanout;
+use crate::index::FanoutIndex;
 use crate::metrics::FanoutMetrics;
 use crate::status::DEFAULT_MAX_TARGETS;
 use crate::targets::{ConsentRule, InvalidSelector, NamespaceView, resolve};
 
 /// The controller's caches. Memory is bounded by what the controller owns or
 /// needs, never by the cluster's unrelated Secrets: Fanouts, namespace
-/// *metadata*, and copies selected by the `fanout.dev/managed-by` label.
+/// *metadata*, and what it knows of the objects selected by the
+/// `fanout.dev/managed-by` label (never their data).
 #[derive(Clone)]
 pub struct Stores {
     /// Fanouts (within the optional selector).
     pub fanouts: Store<Fanout>,
-    /// Namespace metadata (labels for selectors and consent).
+    /// The Fanouts by the sources and namespaces they name.
+    pub fanout_index: FanoutIndex,
+    /// Namespace metadata (labels for selectors, and consent).
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Secrets made by any Fanout.
-    pub secrets: Store<Secret>,
+    pub secrets: CopyCache,
     /// ConfigMaps made by any Fanout.
-    pub config_maps: Store<ConfigMap>,
+    pub config_maps: CopyCache,
     /// Which of their watches have listed once (the `caches-synced` check).
     pub synced: SyncGate,
 }
@@ -64,17 +69,17 @@ impl Stores {
 /// A copyable kind whose copies are cached.
 pub trait Cached: CopyKind {
     /// The cache of this kind's copies.
-    fn cache(stores: &Stores) -> &Store<Self>;
+    fn cache(stores: &Stores) -> &CopyCache;
 }
 
 impl Cached for Secret {
-    fn cache(stores: &Stores) -> &Store<Self> {
+    fn cache(stores: &Stores) -> &CopyCache {
         &stores.secrets
     }
 }
 
 impl Cached for ConfigMap {
-    fn cache(stores: &Stores) -> &Store<Self> {
+    fn cache(stores: &Stores) -> &CopyCache {
         &stores.config_maps
     }
 }

@@ -44,6 +44,7 @@ use crate::api::{Failures, is_timeout};
 use crate::context::{Context, QueueDepth, Running, Settings};
 use crate::crd::Fanout;
 use crate::guard;
+use crate::index::FanoutIndex;
 use crate::metrics::FanoutMetrics;
 use crate::reconcile;
 use crate::watches::{self, SourceWatches, Watches};
@@ -104,10 +105,11 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
     let running = Running::default();
     let abandoned = running.clone();
     let (fanout_store, fanout_writer) = reflector::store();
+    let fanout_index = FanoutIndex::default();
     let (source_requests, source_receiver) = futures::channel::mpsc::unbounded();
     let sources = SourceWatches::new(
         client.clone(),
-        fanout_store.clone(),
+        fanout_index.clone(),
         running.clone(),
         source_requests,
         drain.child_token(),
@@ -117,7 +119,7 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
         settings.fanout_selector.as_deref(),
         sources,
         metrics.clone(),
-        (fanout_store.clone(), fanout_writer),
+        (fanout_store.clone(), fanout_writer, fanout_index),
         synced,
     );
     let stores = watches.stores.clone();

@@ -6,23 +6,15 @@
 //! everything downstream (hashing, planning, writing) is written once.
 //!
 //! The hash covers exactly what the controller promises to keep true: type,
-//! data, binaryData, immutability and the copied labels/annotations. Drift
-//! is judged on what the controller owns ([`Content::agrees_with`]): the
-//! payload, and the labels and annotations it copied, computed from the
-//! object actually found in a target (an edited copy is noticed even when
-//! its annotation still claims the old hash). Keys that other tools or a
-//! mutating admission policy add to a copy are not the controller's, and a
-//! copy that carries them is not drifted.
+//! data, binaryData, immutability and the copied labels/annotations; it is
+//! written on every copy. The payload alone also has a digest
+//! ([`Payload`]), which is what the controller remembers of an object found
+//! in a target instead of its bytes (see [`crate::found`]).
 //!
 //! Some objects are never replaced or deleted, whatever the conflict policy
 //! and whatever labels they carry ([`CopyKind::protection`]): losing them is
 //! something no copy can undo.
-//!
-//! What a target needs ([`Decider::plan`]) is decided here too, purely, from
-//! what should be there and what is: keep, write (and how), or leave it
-//! alone as a `Conflict`. A protected object is a `Conflict` under every
-//! policy, even when its labels claim it is this Fanout's copy: labels are
-//! written by whoever may edit the object, so they prove nothing.
+//! ([`crate::plan`] turns a protected object into a `Conflict`.)
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -35,7 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{ConflictPolicy, SourceKind};
+use crate::crd::SourceKind;
 
 /// Label on every copy, so copies can be watched and listed by selector.
 pub const MANAGED_BY: &str = "fanout.dev/managed-by";
@@ -202,55 +194,110 @@ impl Content {
     /// Every field is length-prefixed, so no two different contents encode
     /// to the same bytes.
     pub fn hash(&self) -> String {
-        let mut hasher = Sha256::new();
-        let mut put = |bytes: &[u8]| {
-            hasher.update((bytes.len() as u64).to_be_bytes());
-            hasher.update(bytes);
-        };
-        put(b"fanout-content-v1");
-        put(self.type_.as_deref().unwrap_or("").as_bytes());
-        put(&[u8::from(self.type_.is_some()), u8::from(self.immutable)]);
-        for (section, map) in [("data", &self.data), ("binaryData", &self.binary_data)] {
-            put(section.as_bytes());
-            put(&(map.len() as u64).to_be_bytes());
-            for (key, value) in map {
-                put(key.as_bytes());
-                put(value);
-            }
-        }
+        // The byte layout is what every copy's annotation was computed
+        // with: changing it would rewrite every copy after an upgrade.
+        let mut encoder = Encoder::new(b"fanout-content-v1");
+        encoder.put(self.type_.as_deref().unwrap_or("").as_bytes());
+        encoder.put(&[u8::from(self.type_.is_some()), u8::from(self.immutable)]);
+        self.encode_bytes(&mut encoder);
         for (section, map) in [("labels", &self.labels), ("annotations", &self.annotations)] {
-            put(section.as_bytes());
-            put(&(map.len() as u64).to_be_bytes());
+            encoder.put(section.as_bytes());
+            encoder.put(&(map.len() as u64).to_be_bytes());
             for (key, value) in map {
-                put(key.as_bytes());
-                put(value.as_bytes());
+                encoder.put(key.as_bytes());
+                encoder.put(value.as_bytes());
             }
         }
-        format!("sha256:{}", hex::encode(hasher.finalize()))
+        format!("sha256:{}", hex::encode(encoder.finish()))
     }
 
-    /// Whether an object found in a target (`self`) holds what `desired`
-    /// promises: the same payload, and every label and annotation of
-    /// `desired` with the same value. Keys `desired` does not have are
-    /// someone else's and are ignored.
-    pub fn agrees_with(&self, desired: &Content) -> bool {
-        let holds = |found: &BTreeMap<String, String>, wanted: &BTreeMap<String, String>| {
-            wanted
-                .iter()
-                .all(|(key, value)| found.get(key) == Some(value))
-        };
-        self.same_payload(desired)
-            && self.immutable == desired.immutable
-            && holds(&self.labels, &desired.labels)
-            && holds(&self.annotations, &desired.annotations)
+    /// The payload (type, data, binaryData) as a digest, with what decides
+    /// how an object holding it may be replaced.
+    pub fn payload(&self) -> Payload {
+        let mut encoder = Encoder::new(b"fanout-payload-v1");
+        encoder.put(self.type_.as_deref().unwrap_or("").as_bytes());
+        encoder.put(&[u8::from(self.type_.is_some())]);
+        self.encode_bytes(&mut encoder);
+        Payload {
+            type_: self.type_.clone(),
+            immutable: self.immutable,
+            digest: encoder.finish(),
+        }
     }
 
-    /// Whether the payload (type, data, binaryData) equals `other`'s; what
-    /// `Adopt` requires before taking an object over.
-    pub fn same_payload(&self, other: &Content) -> bool {
-        self.type_ == other.type_
-            && self.data == other.data
-            && self.binary_data == other.binary_data
+    fn encode_bytes(&self, encoder: &mut Encoder) {
+        for (section, map) in [("data", &self.data), ("binaryData", &self.binary_data)] {
+            encoder.put(section.as_bytes());
+            encoder.put(&(map.len() as u64).to_be_bytes());
+            for (key, value) in map {
+                encoder.put(key.as_bytes());
+                encoder.put(value);
+            }
+        }
+    }
+}
+
+/// SHA-256 over length-prefixed fields.
+struct Encoder(Sha256);
+
+impl Encoder {
+    fn new(domain: &[u8]) -> Self {
+        let mut encoder = Self(Sha256::new());
+        encoder.put(domain);
+        encoder
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.0.update((bytes.len() as u64).to_be_bytes());
+        self.0.update(bytes);
+    }
+
+    fn finish(self) -> [u8; 32] {
+        self.0.finalize().into()
+    }
+}
+
+/// An object's payload (type, data, binaryData) reduced to a digest, with
+/// its type and immutability: what deciding needs to know of the bytes
+/// without holding them. The copy cache keeps this instead of the data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Payload {
+    /// Secret type (`Opaque` when unset); `None` for ConfigMaps.
+    pub type_: Option<String>,
+    /// Whether the object is immutable.
+    pub immutable: bool,
+    /// SHA-256 of the type, data and binaryData.
+    pub digest: [u8; 32],
+}
+
+impl Payload {
+    /// Whether the type, data and binaryData are the same (immutability
+    /// aside); what `Adopt` requires before taking an object over.
+    pub fn same_bytes(&self, other: &Payload) -> bool {
+        self.type_ == other.type_ && self.digest == other.digest
+    }
+}
+
+/// What every copy of one Fanout must hold, with its hash and payload
+/// digest computed once for all its targets.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    /// The content.
+    pub content: Content,
+    /// `content.hash()`: the copies' hash annotation.
+    pub hash: String,
+    /// `content.payload()`.
+    pub payload: Payload,
+}
+
+impl Desired {
+    /// What copies of a source with this content hold.
+    pub fn new(content: Content) -> Self {
+        Self {
+            hash: content.hash(),
+            payload: content.payload(),
+            content,
+        }
     }
 }
 
@@ -450,35 +497,6 @@ pub fn desired_copy<K: CopyKind>(
     K::from_content(meta, content)
 }
 
-/// The object currently in a target under the copy's name.
-#[derive(Clone, Debug)]
-pub struct Found {
-    /// Owner recorded in its labels, if any.
-    pub owner: Option<Owner>,
-    /// Its content (filtered as copies hold it).
-    pub content: Content,
-    /// The content hash its annotation records, if any.
-    pub recorded_hash: Option<String>,
-    /// How the Fanout that holds it came to (if one does).
-    pub origin: Origin,
-    /// Why it must never be replaced or deleted, if so.
-    pub protection: Option<String>,
-}
-
-impl Found {
-    /// What planning needs to know about `object`.
-    pub fn of<K: CopyKind>(object: &K) -> Self {
-        use kube::ResourceExt;
-        Self {
-            owner: Owner::from_labels(object.labels()),
-            content: object.content(),
-            recorded_hash: object.annotations().get(CONTENT_HASH).cloned(),
-            origin: Origin::of(object.annotations()),
-            protection: object.protection(),
-        }
-    }
-}
-
 /// A write that changes a target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Operation {
@@ -519,101 +537,6 @@ impl Operation {
             Self::Delete => "delete",
             Self::Release => "release",
         }
-    }
-}
-
-/// What to do in one target.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Plan {
-    /// The copy there is already true.
-    Keep,
-    /// Write this; the copy then records this origin.
-    Write(Operation, Origin),
-    /// Leave it alone; the message says why (state `Conflict`).
-    Conflict(String),
-}
-
-/// Who is deciding: the Fanout and how it treats objects it did not make.
-#[derive(Clone, Copy, Debug)]
-pub struct Decider<'a> {
-    /// The Fanout.
-    pub owner: &'a Owner,
-    /// Its conflict policy.
-    pub policy: ConflictPolicy,
-}
-
-impl Decider<'_> {
-    /// Decides for one target. `describe` names the object in messages
-    /// (e.g. `secret team-b/regcred`); `other_owner_exists` tells whether a
-    /// Fanout named in a foreign copy's labels still exists.
-    pub fn plan(
-        &self,
-        desired: &Content,
-        desired_hash: &str,
-        found: Option<&Found>,
-        describe: &str,
-        other_owner_exists: impl Fn(&Owner) -> bool,
-    ) -> Plan {
-        let Some(found) = found else {
-            return Plan::Write(Operation::Create, Origin::Created);
-        };
-        if let Some(reason) = &found.protection {
-            return Plan::Conflict(format!(
-                "{describe} is {reason}: a Fanout never replaces or deletes it"
-            ));
-        }
-        match &found.owner {
-            Some(owner) if owner.uid == self.owner.uid => {
-                let current = found.recorded_hash.as_deref() == Some(desired_hash)
-                    && found.content.agrees_with(desired);
-                if current {
-                    Plan::Keep
-                } else {
-                    Plan::Write(replacement(desired, &found.content), found.origin)
-                }
-            }
-            // Two Fanouts writing one object would undo each other forever,
-            // so another live Fanout's copy is a conflict under every policy.
-            Some(owner) if other_owner_exists(owner) => Plan::Conflict(format!(
-                "{describe} is managed by Fanout {}/{}",
-                owner.namespace, owner.name
-            )),
-            _ => self.foreign(desired, found, describe),
-        }
-    }
-
-    /// An object this Fanout did not make (or whose Fanout is gone).
-    fn foreign(&self, desired: &Content, found: &Found, describe: &str) -> Plan {
-        let ours = format!("{}/{}", self.owner.namespace, self.owner.name);
-        match self.policy {
-            ConflictPolicy::Skip => Plan::Conflict(format!(
-                "{describe} exists and is not managed by {ours} (conflictPolicy Skip)"
-            )),
-            ConflictPolicy::Adopt if desired.same_payload(&found.content) => {
-                if found.content.immutable != desired.immutable {
-                    Plan::Write(replacement(desired, &found.content), Origin::Adopted)
-                } else {
-                    Plan::Write(Operation::Adopt, Origin::Adopted)
-                }
-            }
-            ConflictPolicy::Adopt => Plan::Conflict(format!(
-                "{describe} exists with different content and is not managed by {ours}; conflictPolicy Adopt only takes over an object whose content already matches"
-            )),
-            ConflictPolicy::Overwrite => {
-                Plan::Write(replacement(desired, &found.content), Origin::Overwritten)
-            }
-        }
-    }
-}
-
-/// How to turn `found` into `desired`: in place when the API allows it.
-fn replacement(desired: &Content, found: &Content) -> Operation {
-    let type_changed = desired.type_ != found.type_;
-    let locked = found.immutable && (!desired.same_payload(found) || !desired.immutable);
-    if type_changed || locked {
-        Operation::Recreate
-    } else {
-        Operation::Update
     }
 }
 
@@ -698,6 +621,31 @@ mod tests {
     }
 
     #[test]
+    fn the_hash_is_the_one_earlier_versions_wrote() {
+        // Every copy in a cluster carries this value: a new encoding would
+        // rewrite all of them on upgrade.
+        assert_eq!(
+            source().content().hash(),
+            "sha256:b148d1be08ef804091d3b64c1be751b9ccf446130f9e87153237e93cd16926a4"
+        );
+    }
+
+    #[test]
+    fn the_payload_digest_ignores_labels_and_immutability_but_not_bytes_or_type() {
+        let content = source().content();
+        let mut relabelled = content.clone();
+        relabelled.labels.clear();
+        relabelled.immutable = true;
+        assert!(relabelled.payload().same_bytes(&content.payload()));
+        let mut edited = content.clone();
+        edited.data.insert("extra".into(), Vec::new());
+        assert!(!edited.payload().same_bytes(&content.payload()));
+        let mut retyped = content.clone();
+        retyped.type_ = Some("Opaque".into());
+        assert!(!retyped.payload().same_bytes(&content.payload()));
+    }
+
+    #[test]
     fn a_faithful_copy_hashes_like_its_source() {
         let content = source().content();
         let copy: Secret = desired_copy(
@@ -749,28 +697,6 @@ mod tests {
         }
         assert_eq!(a.hash(), b.hash());
         assert!(a.hash().starts_with("sha256:") && a.hash().len() == 7 + 64);
-    }
-
-    #[test]
-    fn keys_others_add_are_not_drift_but_a_changed_or_missing_key_is() {
-        let desired = source().content();
-        let mut found = desired.clone();
-        found
-            .labels
-            .insert("policy.example.com/scanned".into(), "true".into());
-        found
-            .annotations
-            .insert("other-tool/note".into(), "x".into());
-        assert!(found.agrees_with(&desired), "extra keys are someone else's");
-        let mut changed = found.clone();
-        changed.labels.insert("team".into(), "other".into());
-        assert!(!changed.agrees_with(&desired));
-        let mut missing = found.clone();
-        missing.annotations.remove("note");
-        assert!(!missing.agrees_with(&desired));
-        let mut edited = found;
-        edited.data.insert("extra".into(), b"1".to_vec());
-        assert!(!edited.agrees_with(&desired), "the payload is owned whole");
     }
 
     #[test]
@@ -848,238 +774,5 @@ mod tests {
         assert_eq!(rebuilt.binary_data, cm.binary_data);
         assert_eq!(rebuilt.immutable, Some(true));
         assert_eq!(rebuilt.content(), content);
-    }
-}
-
-#[cfg(test)]
-mod plan_tests {
-    use super::*;
-
-    fn owner(uid: &str) -> Owner {
-        Owner {
-            namespace: "platform".into(),
-            name: format!("fanout-{uid}"),
-            uid: uid.into(),
-        }
-    }
-
-    fn content(value: &str) -> Content {
-        let mut c = Content {
-            type_: Some("Opaque".into()),
-            ..Content::default()
-        };
-        c.data.insert("k".into(), value.as_bytes().to_vec());
-        c
-    }
-
-    fn found(owner_uid: Option<&str>, content: Content) -> Found {
-        Found {
-            owner: owner_uid.map(self::owner),
-            recorded_hash: Some(content.hash()),
-            content,
-            origin: Origin::Created,
-            protection: None,
-        }
-    }
-
-    /// The origin the tests' writes record; checked on its own below.
-    const ORIGIN: Origin = Origin::Created;
-
-    fn plan(policy: ConflictPolicy, desired: &Content, existing: Option<&Found>) -> Plan {
-        let me = owner("me");
-        Decider { owner: &me, policy }.plan(desired, &desired.hash(), existing, "secret t/x", |o| {
-            o.uid == "alive"
-        })
-    }
-
-    #[test]
-    fn nothing_there_is_created() {
-        assert_eq!(
-            plan(ConflictPolicy::Skip, &content("v"), None),
-            Plan::Write(Operation::Create, ORIGIN)
-        );
-    }
-
-    #[test]
-    fn our_true_copy_is_kept_and_a_drifted_one_updated() {
-        let desired = content("v");
-        let ours = found(Some("me"), content("v"));
-        assert_eq!(
-            plan(ConflictPolicy::Skip, &desired, Some(&ours)),
-            Plan::Keep
-        );
-        let drifted = found(Some("me"), content("edited"));
-        assert_eq!(
-            plan(ConflictPolicy::Skip, &desired, Some(&drifted)),
-            Plan::Write(Operation::Update, ORIGIN)
-        );
-    }
-
-    #[test]
-    fn a_changed_type_or_immutable_copy_is_recreated() {
-        let desired = content("v");
-        let mut retyped = content("v");
-        retyped.type_ = Some("kubernetes.io/tls".into());
-        assert_eq!(
-            plan(
-                ConflictPolicy::Skip,
-                &desired,
-                Some(&found(Some("me"), retyped))
-            ),
-            Plan::Write(Operation::Recreate, ORIGIN)
-        );
-        let mut immutable = content("old");
-        immutable.immutable = true;
-        assert_eq!(
-            plan(
-                ConflictPolicy::Skip,
-                &desired,
-                Some(&found(Some("me"), immutable))
-            ),
-            Plan::Write(Operation::Recreate, ORIGIN)
-        );
-    }
-
-    #[test]
-    fn becoming_immutable_is_an_update_but_leaving_it_is_not() {
-        let mut desired = content("v");
-        desired.immutable = true;
-        assert_eq!(
-            plan(
-                ConflictPolicy::Skip,
-                &desired,
-                Some(&found(Some("me"), content("v")))
-            ),
-            Plan::Write(Operation::Update, ORIGIN)
-        );
-        let mut was_immutable = content("v");
-        was_immutable.immutable = true;
-        assert_eq!(
-            plan(
-                ConflictPolicy::Skip,
-                &content("v"),
-                Some(&found(Some("me"), was_immutable))
-            ),
-            Plan::Write(Operation::Recreate, ORIGIN)
-        );
-    }
-
-    #[test]
-    fn skip_never_touches_a_foreign_object() {
-        let Plan::Conflict(message) = plan(
-            ConflictPolicy::Skip,
-            &content("v"),
-            Some(&found(None, content("v"))),
-        ) else {
-            panic!("expected a conflict");
-        };
-        assert_eq!(
-            message,
-            "secret t/x exists and is not managed by platform/fanout-me (conflictPolicy Skip)"
-        );
-    }
-
-    #[test]
-    fn adopt_takes_over_only_matching_content() {
-        let desired = content("v");
-        assert_eq!(
-            plan(
-                ConflictPolicy::Adopt,
-                &desired,
-                Some(&found(None, content("v")))
-            ),
-            Plan::Write(Operation::Adopt, Origin::Adopted)
-        );
-        assert!(matches!(
-            plan(ConflictPolicy::Adopt, &desired, Some(&found(None, content("other")))),
-            Plan::Conflict(m) if m.contains("different content")
-        ));
-    }
-
-    #[test]
-    fn overwrite_replaces_a_foreign_object() {
-        assert_eq!(
-            plan(
-                ConflictPolicy::Overwrite,
-                &content("v"),
-                Some(&found(None, content("other")))
-            ),
-            Plan::Write(Operation::Update, Origin::Overwritten)
-        );
-    }
-
-    #[test]
-    fn another_live_fanouts_copy_is_a_conflict_under_every_policy() {
-        for policy in [
-            ConflictPolicy::Skip,
-            ConflictPolicy::Adopt,
-            ConflictPolicy::Overwrite,
-        ] {
-            let other = found(Some("alive"), content("v"));
-            assert!(matches!(
-                plan(policy, &content("v"), Some(&other)),
-                Plan::Conflict(m) if m.contains("managed by Fanout platform/fanout-alive")
-            ));
-        }
-    }
-
-    #[test]
-    fn a_dead_fanouts_leftover_falls_under_the_policy() {
-        let leftover = found(Some("gone"), content("v"));
-        assert!(matches!(
-            plan(ConflictPolicy::Skip, &content("v"), Some(&leftover)),
-            Plan::Conflict(_)
-        ));
-        assert_eq!(
-            plan(ConflictPolicy::Overwrite, &content("x"), Some(&leftover)),
-            Plan::Write(Operation::Update, Origin::Overwritten)
-        );
-    }
-
-    #[test]
-    fn a_protected_object_is_a_conflict_under_every_policy_whatever_its_labels() {
-        for owner in [None, Some("me")] {
-            let mut token = found(owner, content("other"));
-            token.protection = Some("a ServiceAccount token".into());
-            for policy in [
-                ConflictPolicy::Skip,
-                ConflictPolicy::Adopt,
-                ConflictPolicy::Overwrite,
-            ] {
-                assert!(matches!(
-                    plan(policy, &content("v"), Some(&token)),
-                    Plan::Conflict(m) if m.contains("a ServiceAccount token") && m.contains("never replaces")
-                ));
-            }
-        }
-    }
-
-    #[test]
-    fn keys_others_added_to_our_copy_are_not_drift() {
-        let desired = content("v");
-        let mut ours = found(Some("me"), content("v"));
-        ours.content
-            .labels
-            .insert("policy.example.com/scanned".into(), "true".into());
-        assert_eq!(
-            plan(ConflictPolicy::Skip, &desired, Some(&ours)),
-            Plan::Keep
-        );
-        ours.recorded_hash = Some("sha256:older".into());
-        assert_eq!(
-            plan(ConflictPolicy::Skip, &desired, Some(&ours)),
-            Plan::Write(Operation::Update, ORIGIN),
-            "a copy written for another source content is rewritten"
-        );
-    }
-
-    #[test]
-    fn an_adopted_copy_keeps_its_origin_when_it_is_rewritten() {
-        let mut adopted = found(Some("me"), content("old"));
-        adopted.origin = Origin::Adopted;
-        assert_eq!(
-            plan(ConflictPolicy::Skip, &content("new"), Some(&adopted)),
-            Plan::Write(Operation::Update, Origin::Adopted)
-        );
     }
 }

@@ -7,15 +7,16 @@
 //! the files are met:
 //!
 //! 1. [`watches`]: the source's watch event becomes a reconcile request for
-//!    the Fanouts that name it;
+//!    the Fanouts that name it ([`index`] finds them);
 //! 2. [`reconcile`]: the leadership gate and finalizer, then the pass: read
 //!    the source, resolve and classify the targets, run the ordered batch of
 //!    writes, prune, write the final status;
 //! 3. [`targets`]: resolution order and consent;
 //! 4. [`write`]: one target's write under the write cap (and letting go of
 //!    copies);
-//! 5. [`copy`]: what the copy must hold, and the decision (keep, write,
-//!    conflict) against what is there;
+//! 5. [`plan`]: the decision (keep, write, conflict) from what the copy must
+//!    hold ([`copy`]) and what is there ([`found`], remembered in
+//!    [`cache`]);
 //! 6. [`status`]: the ordered status, written at most once per interval.
 //!
 //! Underneath them: [`api`] (every API call: deadline, retry, cancellation),
@@ -25,19 +26,24 @@
 //! (the run loop: watches into kube-runtime's applier, the drain) and
 //! [`app`] (flags into the runtime and the controller); [`config`] parses
 //! the flags. The modules form layers with no import cycle: `crd` → `api`,
-//! `copy` → `metrics` → `status` → `targets` → `context` → `write`,
-//! `watches` → `reconcile` → `controller` → `app`.
+//! `copy` → `found` → `plan`, `cache` → `metrics` → `status` → `targets` →
+//! `index` → `context` → `write`, `watches` → `reconcile` → `controller` →
+//! `app`.
 
 pub mod api;
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod context;
 pub mod controller;
 pub mod copy;
 pub mod crd;
 pub mod events;
+pub mod found;
 pub mod guard;
+pub mod index;
 pub mod metrics;
+pub mod plan;
 pub mod reconcile;
 pub mod status;
 pub mod targets;

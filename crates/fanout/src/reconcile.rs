@@ -53,10 +53,12 @@ use tracing::{debug, info, warn};
 
 use crate::api::{self, CallError};
 use crate::context::{Cached, Context};
-use crate::copy::{OWNER_UID, Operation, Owner, Plan};
+use crate::copy::{Desired, OWNER_UID, Operation, Owner};
 use crate::crd::{Fanout, FanoutStatus, SourceKind, TargetState, TargetStatus};
 use crate::events::{self, Notice};
+use crate::found::Found;
 use crate::metrics::ReconcileResult;
+use crate::plan::Plan;
 use crate::status::{self, StatusError, StatusWriter, Verdict};
 use crate::targets;
 use crate::write::{self, CopyJob, CopyRef, Done, Scope, WriteError, Writer, describe};
@@ -241,9 +243,10 @@ pub fn classify<K: Cached>(
             source_namespace,
         ) {
             let current = job.cached(ctx, target);
-            match job.plan(ctx, target, current.as_ref()) {
+            match job.plan(ctx, target, current.as_deref()) {
                 Plan::Keep => {
-                    entries.push(write::synced(target, &job.hash, current.as_ref(), None).status);
+                    let done = write::synced(target, &job.desired.hash, current.as_deref(), None);
+                    entries.push(done.status);
                 }
                 Plan::Conflict(message) => {
                     entries.push(write::conflict(target, message).status);
@@ -267,8 +270,8 @@ pub fn classify<K: Cached>(
 /// `namespace` (whether it really is one is decided before letting go).
 fn owns_copy<K: Cached>(ctx: &Context, namespace: &str, name: &str, uid: &str) -> bool {
     K::cache(&ctx.stores)
-        .get(&ObjectRef::new(name).within(namespace))
-        .is_some_and(|c| c.labels().get(OWNER_UID).map(String::as_str) == Some(uid))
+        .get(namespace, name)
+        .is_some_and(|c| c.owner.as_ref().is_some_and(|o| o.uid == uid))
 }
 
 /// Runs a pass for a Fanout that is not being deleted.
@@ -332,12 +335,10 @@ impl<'a> Pass<'a> {
                     .await;
             }
         };
-        let content = source.content();
         let job = CopyJob::<K> {
             owner: self.owner.clone(),
             policy: self.fanout.spec.conflict_policy,
-            hash: content.hash(),
-            content,
+            desired: Desired::new(source.content()),
             source_name: source_name.clone(),
             copy_name: self.fanout.copy_name().to_owned(),
             kind: PhantomData,
@@ -345,7 +346,7 @@ impl<'a> Pass<'a> {
         let (mut entries, work) = classify(self.ctx, &resolved, &job);
 
         let writer = self.status_writer();
-        writer.publish(self.status(&entries, Some(&job.hash), &Verdict::Targets));
+        writer.publish(self.status(&entries, Some(&job.desired.hash), &Verdict::Targets));
         let snapshot_every = self.ctx.settings.status_interval / 4;
         let mut last_snapshot = Instant::now();
         let mut writes: BTreeMap<Operation, usize> = BTreeMap::new();
@@ -398,7 +399,7 @@ impl<'a> Pass<'a> {
             // quadratic at 10,000 targets. The writer takes at most one per
             // interval, so a few per interval keep it current.
             if last_snapshot.elapsed() >= snapshot_every {
-                writer.publish(self.status(&entries, Some(&job.hash), &Verdict::Targets));
+                writer.publish(self.status(&entries, Some(&job.desired.hash), &Verdict::Targets));
                 last_snapshot = Instant::now();
             }
         }
@@ -423,11 +424,11 @@ impl<'a> Pass<'a> {
             // in the batch.
             let targeted: HashSet<&str> = resolved.iter().map(String::as_str).collect();
             let candidates = write::cached::<K>(self.ctx, &self.uid, |c| {
-                targeted.contains(c.namespace().unwrap_or_default().as_str())
+                targeted.contains(c.namespace.as_str())
             });
             let stale = self
                 .scope(&resolved)
-                .select(self.ctx, candidates.iter().map(|c| &**c));
+                .select::<K>(self.ctx, candidates.iter().map(|c| &**c));
             let let_go = write::let_go_all(self.ctx, stale, self.cancel).await;
             for (operation, count) in let_go.writes() {
                 *writes.entry(operation).or_default() += count;
@@ -439,7 +440,7 @@ impl<'a> Pass<'a> {
         } else {
             Verdict::Targets
         };
-        let last = self.status(&entries, Some(&job.hash), &verdict);
+        let last = self.status(&entries, Some(&job.desired.hash), &verdict);
         writer.finish(last.clone()).await?;
         self.finished(&last, &writes).await;
         Ok(self.next_action(&last, interrupted || prune_left > 0))
@@ -473,12 +474,10 @@ impl<'a> Pass<'a> {
             operation: None,
         };
         let copy_name = self.fanout.copy_name();
-        let Some(found) =
-            K::cache(&self.ctx.stores).get(&ObjectRef::new(copy_name).within(namespace))
-        else {
+        let Some(found) = K::cache(&self.ctx.stores).get(namespace, copy_name) else {
             return Ok(refused);
         };
-        let copy = match self.scope(resolved).admits(self.ctx, &*found) {
+        let copy = match self.scope(resolved).admits::<K>(self.ctx, &found) {
             Ok(copy) => copy,
             Err(reason) => {
                 warn!(%reason, "labelled as this Fanout's copy but left alone");
@@ -520,7 +519,7 @@ impl<'a> Pass<'a> {
             let candidates = write::cached::<K>(self.ctx, &self.uid, |_| false);
             let copies = self
                 .scope(resolved)
-                .select(self.ctx, candidates.iter().map(|c| &**c));
+                .select::<K>(self.ctx, candidates.iter().map(|c| &**c));
             writes = write::let_go_all(self.ctx, copies, self.cancel)
                 .await
                 .writes();
@@ -686,7 +685,8 @@ async fn list<K: Cached>(
                 fanout: fanout.to_owned(),
                 source,
             })?;
-        copies.extend(scope.select(ctx, &page.items));
+        let found: Vec<Found> = page.items.iter().map(Found::of).collect();
+        copies.extend(scope.select::<K>(ctx, &found));
         match page.metadata.continue_.filter(|token| !token.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => return Ok(copies),

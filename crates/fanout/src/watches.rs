@@ -3,9 +3,9 @@
 //!
 //! | watch | cached | requests a reconcile of |
 //! |---|---|---|
-//! | Fanouts (optionally label-selected) | yes | itself, when its generation, finalizers or deletion change (not on our own status writes) |
-//! | Namespaces, metadata only | yes | Fanouts that name or select it, before or after the change |
-//! | Secrets/ConfigMaps labelled `fanout.dev/managed-by=fanout` | yes | the owner, when a copy is deleted or its content no longer matches its hash annotation |
+//! | Fanouts (optionally label-selected) | yes, and indexed by source and target namespaces | itself, when its generation, finalizers or deletion change (not on our own status writes) |
+//! | Namespaces, metadata only | yes (labels and the consent annotation) | Fanouts that name or select it, before or after the change; only when its labels, consent or deletion change |
+//! | Secrets/ConfigMaps labelled `fanout.dev/managed-by=fanout` | what decisions need, not the data ([`crate::found`]) | the owner, when a copy is deleted or its content no longer matches its hash annotation |
 //! | each source by name, metadata only (see below) | no | the Fanouts that name it |
 //! | leadership | — | every Fanout, when this process becomes leader |
 //!
@@ -36,7 +36,7 @@
 //! of an object that no longer exists.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -50,18 +50,21 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::Event;
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use kube_lifecycle::watch::{SyncGate, Tracker};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::cache::CopyCache;
 use crate::context::{Cached, Running, Stores};
-use crate::copy::{CONTENT_HASH, COPIES_SELECTOR, CopyKind, FIELD_MANAGER, Owner};
+use crate::copy::{COPIES_SELECTOR, CopyKind, Owner};
 use crate::crd::{Fanout, SourceKind};
+use crate::found::Found;
+use crate::index::{FanoutIndex, SourceKey, SourceScope};
 use crate::metrics::FanoutMetrics;
-use crate::targets;
+use crate::targets::ACCEPT_FROM_ANNOTATION;
 
 /// The watch of Fanouts, by its name in the `caches-synced` gate.
 pub const FANOUTS: &str = "fanouts";
@@ -83,26 +86,25 @@ pub struct Watches {
 }
 
 impl Watches {
-    /// Builds every watch. `sources` is kept in step with the Fanout cache;
-    /// the Fanout cache itself is made by the caller (the source watches need
-    /// its reader before the watches exist).
+    /// Builds every watch. `sources` is kept in step with the Fanout index;
+    /// the Fanout cache and its index are made by the caller (the source
+    /// watches need them before the watches exist).
     pub fn new(
         client: &Client,
         fanout_selector: Option<&str>,
         sources: SourceWatches,
         metrics: FanoutMetrics,
-        fanouts: (Store<Fanout>, Writer<Fanout>),
+        fanouts: (Store<Fanout>, Writer<Fanout>, FanoutIndex),
         synced: SyncGate,
     ) -> Self {
-        let (fanout_store, fanout_writer) = fanouts;
+        let (fanout_store, fanout_writer, fanout_index) = fanouts;
         let (namespace_store, namespace_writer) = reflector::store();
-        let (secret_store, secret_writer) = reflector::store();
-        let (config_map_store, config_map_writer) = reflector::store();
         let stores = Stores {
             fanouts: fanout_store.clone(),
+            fanout_index: fanout_index.clone(),
             namespaces: namespace_store.clone(),
-            secrets: secret_store,
-            config_maps: config_map_store,
+            secrets: CopyCache::default(),
+            config_maps: CopyCache::default(),
             synced: synced.clone(),
         };
         Self {
@@ -110,26 +112,29 @@ impl Watches {
                 client,
                 fanout_selector,
                 fanout_writer,
-                sources,
-                metrics,
+                FanoutFollowers {
+                    index: fanout_index.clone(),
+                    sources,
+                    metrics,
+                },
                 synced.register(FANOUTS),
             ),
             namespaces: namespace_requests(
                 client,
                 namespace_store,
                 namespace_writer,
-                fanout_store.clone(),
+                fanout_index,
                 synced.register(NAMESPACES),
             ),
-            secrets: copy_requests(
+            secrets: copy_requests::<Secret>(
                 client,
-                secret_writer,
+                stores.secrets.clone(),
                 fanout_store.clone(),
                 synced.register(SECRET_COPIES),
             ),
-            config_maps: copy_requests(
+            config_maps: copy_requests::<ConfigMap>(
                 client,
-                config_map_writer,
+                stores.config_maps.clone(),
                 fanout_store,
                 synced.register(CONFIG_MAP_COPIES),
             ),
@@ -170,33 +175,60 @@ fn fanout_changed(fanout: &Fanout) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// What follows the Fanout watch besides its cache.
+struct FanoutFollowers {
+    index: FanoutIndex,
+    sources: SourceWatches,
+    metrics: FanoutMetrics,
+}
+
+impl FanoutFollowers {
+    /// Keeps the index, the source watches and the metrics in step with
+    /// one event. The source watches change only when the set of source
+    /// namespaces does, not on every event (a status write is one).
+    fn follow(&self, event: &Event<Fanout>, cache: &Store<Fanout>) {
+        let scopes_changed = match event {
+            Event::Apply(fanout) => self.index.insert(fanout),
+            Event::Delete(fanout) => {
+                self.metrics
+                    .set_summary(&fanout.uid().unwrap_or_default(), None);
+                self.index.remove(&ObjectRef::from_obj(fanout))
+            }
+            Event::InitDone => {
+                let fanouts = cache.state();
+                self.index.rebuild(fanouts.iter().map(|f| &**f))
+            }
+            Event::Init | Event::InitApply(_) => false,
+        };
+        if scopes_changed {
+            self.sources.sync();
+        }
+    }
+}
+
 fn fanout_requests(
     client: &Client,
     selector: Option<&str>,
     writer: Writer<Fanout>,
-    sources: SourceWatches,
-    metrics: FanoutMetrics,
+    followers: FanoutFollowers,
     listed: Tracker,
 ) -> BoxStream<'static, ObjectRef<Fanout>> {
     let mut config = watcher::Config::default();
     if let Some(selector) = selector {
         config = config.labels(selector);
     }
+    let cache = writer.as_reader();
     watcher(Api::<Fanout>::all(client.clone()), config)
         .default_backoff()
         .modify(|f| f.managed_fields_mut().clear())
         .reflect(writer)
         .inspect(move |event| match event {
-            Ok(Event::Delete(fanout)) => {
-                metrics.set_summary(&fanout.uid().unwrap_or_default(), None);
-                sources.sync();
+            Ok(event) => {
+                followers.follow(event, &cache);
+                if matches!(event, Event::InitDone) {
+                    listed.listed();
+                }
             }
-            Ok(Event::InitDone) => {
-                listed.listed();
-                sources.sync();
-            }
-            Ok(Event::Apply(_)) => sources.sync(),
-            Ok(Event::Init | Event::InitApply(_)) => {}
             Err(error) => warn!(%error, "Fanout watch failed; retrying with backoff"),
         })
         .applied_objects()
@@ -205,38 +237,76 @@ fn fanout_requests(
         .boxed()
 }
 
+/// Only what the controller reads of a namespace: its labels (selectors,
+/// consent), the consent annotation, and whether it is being deleted.
+/// Other annotations (often large) are dropped before caching.
+fn trim_namespace(namespace: &mut PartialObjectMeta<Namespace>) {
+    let meta = &mut namespace.metadata;
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.retain(|key, _| key == ACCEPT_FROM_ANNOTATION);
+    }
+}
+
+/// Whether a namespace change can matter to a Fanout: what the cache held
+/// before (`None`: nothing) against what it holds now (`None`: deleted).
+fn namespace_matters(
+    before: Option<&PartialObjectMeta<Namespace>>,
+    now: Option<&PartialObjectMeta<Namespace>>,
+) -> bool {
+    match (before, now) {
+        (Some(before), Some(now)) => {
+            before.metadata.labels != now.metadata.labels
+                || before.metadata.annotations != now.metadata.annotations
+                || before.metadata.deletion_timestamp.is_some()
+                    != now.metadata.deletion_timestamp.is_some()
+        }
+        (None, None) => false,
+        _ => true,
+    }
+}
+
 fn namespace_requests(
     client: &Client,
     cache: Store<PartialObjectMeta<Namespace>>,
     mut writer: Writer<PartialObjectMeta<Namespace>>,
-    fanouts: Store<Fanout>,
+    fanouts: FanoutIndex,
     listed: Tracker,
 ) -> BoxStream<'static, ObjectRef<Fanout>> {
     // The cached namespaces when a relist began: those missing once it ends
-    // were deleted while the watch was down.
+    // were deleted while the watch was down. The first list requests
+    // nothing: every Fanout is reconciled at start anyway.
     let mut before_relist: Vec<Arc<PartialObjectMeta<Namespace>>> = Vec::new();
+    let mut listed_before = false;
     watcher(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
-    .modify(|ns| ns.managed_fields_mut().clear())
+    .modify(trim_namespace)
     .filter_map(move |event| {
         let requests = match event {
             Ok(event) => {
                 // Compare with the cached (previous) state before updating
                 // it: a namespace that stops matching matters as much as
                 // one that starts.
-                let mut requests = namespace_event_requests(&event, &cache, &fanouts);
+                let mut requests = match &event {
+                    Event::Apply(ns) => namespace_event_requests(&fanouts, &cache, ns, true),
+                    Event::InitApply(ns) if listed_before => {
+                        namespace_event_requests(&fanouts, &cache, ns, true)
+                    }
+                    Event::Delete(ns) => namespace_event_requests(&fanouts, &cache, ns, false),
+                    _ => Vec::new(),
+                };
                 writer.apply_watcher_event(&event);
                 match event {
                     Event::Init => before_relist = cache.state(),
                     Event::InitDone => {
                         listed.listed();
+                        listed_before = true;
                         for gone in std::mem::take(&mut before_relist) {
                             if cache.get(&ObjectRef::from_obj(&*gone)).is_none() {
-                                requests.extend(mentioning(
-                                    &fanouts,
+                                requests.extend(fanouts.mentioning(
                                     &gone.name_any(),
                                     gone.labels(),
                                     None,
@@ -259,91 +329,63 @@ fn namespace_requests(
     .boxed()
 }
 
-/// The Fanouts a namespace event may concern.
+/// The Fanouts a namespace event may concern: none unless its labels,
+/// consent or deletion changed; then those that name it or select it with
+/// its labels before or after.
 fn namespace_event_requests(
-    event: &Event<PartialObjectMeta<Namespace>>,
+    fanouts: &FanoutIndex,
     cache: &Store<PartialObjectMeta<Namespace>>,
-    fanouts: &Store<Fanout>,
+    namespace: &PartialObjectMeta<Namespace>,
+    exists: bool,
 ) -> Vec<ObjectRef<Fanout>> {
-    let namespace = match event {
-        Event::Apply(ns) | Event::InitApply(ns) | Event::Delete(ns) => ns,
-        Event::Init | Event::InitDone => return Vec::new(),
-    };
     let previous = cache.get(&ObjectRef::from_obj(namespace));
-    if !matches!(event, Event::Delete(_))
-        && previous
-            .as_ref()
-            .is_some_and(|p| p.resource_version() == namespace.resource_version())
-    {
+    if !namespace_matters(previous.as_deref(), exists.then_some(namespace)) {
         return Vec::new();
     }
-    mentioning(
-        fanouts,
+    fanouts.mentioning(
         &namespace.name_any(),
         namespace.labels(),
         previous.as_ref().map(|p| p.labels()),
     )
 }
 
-/// The Fanouts that target namespace `name` with these labels, or with the
-/// labels it had before (a namespace that stops matching matters too).
-fn mentioning(
-    fanouts: &Store<Fanout>,
-    name: &str,
-    labels: &BTreeMap<String, String>,
-    previous: Option<&BTreeMap<String, String>>,
-) -> Vec<ObjectRef<Fanout>> {
-    fanouts
-        .state()
-        .iter()
-        .filter(|f| {
-            targets::mentions(&f.spec.targets, name, labels)
-                || previous.is_some_and(|p| targets::mentions(&f.spec.targets, name, p))
-        })
-        .map(|f| ObjectRef::from_obj(&**f))
-        .collect()
-}
-
 fn copy_requests<K: Cached>(
     client: &Client,
-    writer: Writer<K>,
+    cache: CopyCache,
     fanouts: Store<Fanout>,
     listed: Tracker,
 ) -> BoxStream<'static, ObjectRef<Fanout>> {
-    let copies = writer.as_reader();
-    // The cached copies when a relist began (410 Gone, an API server
-    // restart): whatever is missing once it ends was deleted while the
-    // watch was down, and no Delete event will ever say so.
-    let mut before_relist: Vec<Arc<K>> = Vec::new();
     let config = watcher::Config::default().labels(COPIES_SELECTOR);
+    // The whole object arrives (its content is what drift is judged on);
+    // only what decisions need is kept (see `crate::found`).
     watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
-        // Only the controller's own managedFields entry is kept: it tells
-        // which labels of a copy are someone else's (see `write.rs`).
-        .modify(|copy| {
-            copy.managed_fields_mut()
-                .retain(|entry| entry.manager.as_deref() == Some(FIELD_MANAGER))
-        })
-        .reflect(writer)
         .filter_map(move |event| {
             let requests: Vec<ObjectRef<Fanout>> = match event {
-                Ok(Event::Apply(copy) | Event::InitApply(copy)) if drifted(&copy) => {
-                    owner_of(&copy, &fanouts).into_iter().collect()
-                }
-                Ok(Event::Delete(copy)) => owner_of(&copy, &fanouts).into_iter().collect(),
-                Ok(Event::Init) => {
-                    before_relist = copies.state();
-                    Vec::new()
-                }
-                Ok(Event::InitDone) => {
-                    listed.listed();
-                    std::mem::take(&mut before_relist)
-                        .iter()
-                        .filter(|copy| copies.get(&ObjectRef::from_obj(&***copy)).is_none())
-                        .filter_map(|copy| owner_of(&**copy, &fanouts))
+                Ok(event) => {
+                    let event = found_event(event);
+                    let woken = match &event {
+                        // Someone edited it: its content no longer hashes
+                        // as recorded. The controller's own writes do, so
+                        // they do not wake it up again.
+                        Event::Apply(found) | Event::InitApply(found) if !found.intact => {
+                            owner_of(found, &fanouts).into_iter().collect()
+                        }
+                        Event::Delete(found) => owner_of(found, &fanouts).into_iter().collect(),
+                        _ => Vec::new(),
+                    };
+                    let done = matches!(event, Event::InitDone);
+                    // Deleted while the watch was down (a 410 Gone, an API
+                    // server restart): no Delete event will ever say so.
+                    let vanished = cache.apply(event);
+                    if done {
+                        listed.listed();
+                    }
+                    woken
+                        .into_iter()
+                        .chain(vanished.iter().filter_map(|found| owner_of(found, &fanouts)))
                         .collect()
                 }
-                Ok(_) => Vec::new(),
                 Err(error) => {
                     warn!(%error, kind = K::KIND.as_str(), "copy watch failed; retrying with backoff");
                     Vec::new()
@@ -355,16 +397,20 @@ fn copy_requests<K: Cached>(
         .boxed()
 }
 
-/// Whether a copy's content no longer matches the hash it was written with:
-/// someone edited it. Copies the controller just wrote match, so its own
-/// writes do not wake it up again.
-fn drifted<K: CopyKind>(copy: &K) -> bool {
-    copy.annotations().get(CONTENT_HASH) != Some(&copy.content().hash())
+/// A watch event about whole objects as one about what is kept of them.
+fn found_event<K: CopyKind>(event: Event<K>) -> Event<Found> {
+    match event {
+        Event::Apply(object) => Event::Apply(Found::of(&object)),
+        Event::Delete(object) => Event::Delete(Found::of(&object)),
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(Found::of(&object)),
+        Event::InitDone => Event::InitDone,
+    }
 }
 
 /// The (cached) Fanout a copy's labels name.
-fn owner_of<K: Resource>(copy: &K, fanouts: &Store<Fanout>) -> Option<ObjectRef<Fanout>> {
-    let owner = Owner::from_labels(copy.meta().labels.as_ref()?)?;
+fn owner_of(found: &Found, fanouts: &Store<Fanout>) -> Option<ObjectRef<Fanout>> {
+    let owner: &Owner = found.owner.as_ref()?;
     let fanout_ref = ObjectRef::new(&owner.name).within(&owner.namespace);
     fanouts.get(&fanout_ref).map(|_| fanout_ref)
 }
@@ -412,52 +458,6 @@ pub fn leadership_requests(
     .boxed()
 }
 
-/// One source object: its kind, namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SourceKey {
-    /// Secret or ConfigMap.
-    pub kind: SourceKind,
-    /// The namespace (the Fanout's).
-    pub namespace: String,
-    /// The name.
-    pub name: String,
-}
-
-impl SourceKey {
-    /// The source a Fanout names.
-    pub fn of(fanout: &Fanout) -> Option<Self> {
-        Some(Self {
-            kind: fanout.spec.source.kind,
-            namespace: fanout.namespace()?,
-            name: fanout.spec.source.name.clone(),
-        })
-    }
-}
-
-/// One source watch: a kind in a namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct WatchKey {
-    kind: SourceKind,
-    namespace: String,
-}
-
-impl WatchKey {
-    fn of(source: &SourceKey) -> Self {
-        Self {
-            kind: source.kind,
-            namespace: source.namespace.clone(),
-        }
-    }
-
-    fn source(&self, name: String) -> SourceKey {
-        SourceKey {
-            kind: self.kind,
-            namespace: self.namespace.clone(),
-            name,
-        }
-    }
-}
-
 /// The set of running source watches, kept equal to the set of source
 /// namespaces (and kinds) the cached Fanouts name.
 #[derive(Clone)]
@@ -467,11 +467,11 @@ pub struct SourceWatches {
 
 struct Inner {
     client: Client,
-    fanouts: Store<Fanout>,
+    fanouts: FanoutIndex,
     running: Running,
     triggers: UnboundedSender<ObjectRef<Fanout>>,
     stop: CancellationToken,
-    tasks: Mutex<HashMap<WatchKey, AbortHandle>>,
+    tasks: Mutex<HashMap<SourceScope, AbortHandle>>,
 }
 
 impl Drop for Inner {
@@ -482,11 +482,12 @@ impl Drop for Inner {
 }
 
 impl SourceWatches {
-    /// No watches yet; call [`SourceWatches::sync`] as the Fanout cache changes.
-    /// Watches end when `stop` fires or this value (every clone) is dropped.
+    /// No watches yet; call [`SourceWatches::sync`] when the set of source
+    /// scopes in `fanouts` changes. Watches end when `stop` fires or this
+    /// value (every clone) is dropped.
     pub fn new(
         client: Client,
-        fanouts: Store<Fanout>,
+        fanouts: FanoutIndex,
         running: Running,
         triggers: UnboundedSender<ObjectRef<Fanout>>,
         stop: CancellationToken,
@@ -506,35 +507,28 @@ impl SourceWatches {
     /// Starts a watch for every source namespace a cached Fanout names and
     /// stops the watches nobody needs any more.
     pub fn sync(&self) {
-        let wanted: HashSet<WatchKey> = self
-            .inner
-            .fanouts
-            .state()
-            .iter()
-            .filter_map(|f| SourceKey::of(f))
-            .map(|source| WatchKey::of(&source))
-            .collect();
+        let wanted = self.inner.fanouts.scopes();
         let mut tasks = self
             .inner
             .tasks
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        tasks.retain(|key, task| {
-            let keep = wanted.contains(key);
+        tasks.retain(|scope, task| {
+            let keep = wanted.contains(scope);
             if !keep {
                 debug!(
-                    ?key,
+                    ?scope,
                     "no Fanout names a source here any more; stopping the watch"
                 );
                 task.abort();
             }
             keep
         });
-        for key in wanted {
-            if let Entry::Vacant(slot) = tasks.entry(key) {
-                let key = slot.key().clone();
-                let span = info_span!("source_watch", kind = key.kind.as_str(), namespace = %key.namespace);
-                let task = tokio::spawn(watch_source(self.inner.clone(), key).instrument(span));
+        for scope in wanted {
+            if let Entry::Vacant(slot) = tasks.entry(scope) {
+                let scope = slot.key().clone();
+                let span = info_span!("source_watch", kind = scope.kind.as_str(), namespace = %scope.namespace);
+                let task = tokio::spawn(watch_source(self.inner.clone(), scope).instrument(span));
                 slot.insert(task.abort_handle());
             }
         }
@@ -543,11 +537,11 @@ impl SourceWatches {
 
 /// Watches one source namespace until stopped, turning the events of named
 /// sources into reconcile requests for the Fanouts that name them.
-async fn watch_source(inner: Arc<Inner>, key: WatchKey) {
+async fn watch_source(inner: Arc<Inner>, scope: SourceScope) {
     let watch = async {
-        match key.kind {
-            SourceKind::Secret => follow::<Secret>(&inner, &key).await,
-            SourceKind::ConfigMap => follow::<ConfigMap>(&inner, &key).await,
+        match scope.kind {
+            SourceKind::Secret => follow::<Secret>(&inner, &scope).await,
+            SourceKind::ConfigMap => follow::<ConfigMap>(&inner, &scope).await,
         }
     };
     tokio::select! {
@@ -556,8 +550,8 @@ async fn watch_source(inner: Arc<Inner>, key: WatchKey) {
     }
 }
 
-async fn follow<K: CopyKind>(inner: &Inner, key: &WatchKey) {
-    let api: Api<PartialObjectMeta<K>> = Api::namespaced(inner.client.clone(), &key.namespace);
+async fn follow<K: CopyKind>(inner: &Inner, scope: &SourceScope) {
+    let api: Api<PartialObjectMeta<K>> = Api::namespaced(inner.client.clone(), &scope.namespace);
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -570,17 +564,17 @@ async fn follow<K: CopyKind>(inner: &Inner, key: &WatchKey) {
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Init) => {
-                named = named_in(inner, key);
+                named = inner.fanouts.sources_in(scope);
                 seen_in_list.clear();
             }
             Ok(Event::InitApply(object)) => {
-                let source = key.source(object.name_any());
+                let source = scope.source(object.name_any());
                 if named.contains(&source) {
                     seen_in_list.insert(source);
                 }
             }
             Ok(Event::InitDone) => {
-                for source in named_in(inner, key) {
+                for source in inner.fanouts.sources_in(scope) {
                     if !seen_in_list.contains(&source) {
                         notify(inner, &source, true);
                     } else if listed_before {
@@ -590,33 +584,19 @@ async fn follow<K: CopyKind>(inner: &Inner, key: &WatchKey) {
                 seen_in_list.clear();
                 listed_before = true;
             }
-            Ok(Event::Apply(object)) => notify(inner, &key.source(object.name_any()), false),
-            Ok(Event::Delete(object)) => notify(inner, &key.source(object.name_any()), true),
+            Ok(Event::Apply(object)) => notify(inner, &scope.source(object.name_any()), false),
+            Ok(Event::Delete(object)) => notify(inner, &scope.source(object.name_any()), true),
             Err(error) => warn!(%error, "source watch failed; retrying with backoff"),
         }
     }
 }
 
-/// The sources the cached Fanouts name in `key`'s namespace.
-fn named_in(inner: &Inner, key: &WatchKey) -> HashSet<SourceKey> {
-    inner
-        .fanouts
-        .state()
-        .iter()
-        .filter_map(|f| SourceKey::of(f))
-        .filter(|source| WatchKey::of(source) == *key)
-        .collect()
-}
-
-/// Requests a reconcile of every Fanout naming `key`; when the source is
+/// Requests a reconcile of every Fanout naming `source`; when the source is
 /// gone, first cancels their running passes. Objects nobody names are
-/// ignored.
-fn notify(inner: &Inner, key: &SourceKey, gone: bool) {
-    for fanout in inner.fanouts.state() {
-        if !names(&fanout, key) {
-            continue;
-        }
-        let fanout_ref = ObjectRef::from_obj(&*fanout);
+/// ignored (one lookup: most events of a source namespace are about other
+/// objects).
+fn notify(inner: &Inner, source: &SourceKey, gone: bool) {
+    for fanout_ref in inner.fanouts.naming(source) {
         if gone && inner.running.cancel(&fanout_ref) {
             info!(fanout = %fanout_ref, "source is gone: cancelled the running reconcile");
         }
@@ -624,12 +604,4 @@ fn notify(inner: &Inner, key: &SourceKey, gone: bool) {
         // needs the request.
         let _ = inner.triggers.unbounded_send(fanout_ref);
     }
-}
-
-/// Whether `fanout` names `source` (compared in place: this runs for every
-/// event of the source namespaces, most of them about other objects).
-fn names(fanout: &Fanout, source: &SourceKey) -> bool {
-    fanout.spec.source.kind == source.kind
-        && fanout.spec.source.name == source.name
-        && fanout.metadata.namespace.as_deref() == Some(source.namespace.as_str())
 }

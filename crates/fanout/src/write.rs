@@ -28,16 +28,16 @@
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::marker::PhantomData;
-use std::str::FromStr;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use kube_lifecycle::batch::{self, BatchOptions, ItemOutcome};
+use std::sync::Arc;
 use tokio::sync::SemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -45,12 +45,13 @@ use tracing::{debug, info, warn};
 use crate::api::{CallError, Caller, ErrorClass, backoff};
 use crate::context::{Cached, Context};
 use crate::copy::{
-    CONTENT_HASH, Content, Decider, FIELD_MANAGER, Found, MANAGED_BY, MANAGED_BY_VALUE, ORIGIN,
-    OWNER_NAME, OWNER_NAMESPACE, OWNER_UID, Operation, Origin, Owner, Plan, SOURCE, SYNCED_AT,
-    desired_copy,
+    CONTENT_HASH, Desired, FIELD_MANAGER, MANAGED_BY, ORIGIN, OWNER_NAME, OWNER_NAMESPACE,
+    OWNER_UID, Operation, Origin, Owner, SOURCE, SYNCED_AT, desired_copy,
 };
 use crate::crd::{ConflictPolicy, SourceKind, TargetState, TargetStatus};
+use crate::found::Found;
 use crate::metrics::WriteResult;
+use crate::plan::{Decider, Plan};
 use crate::targets::ConsentRule;
 
 /// Decisions per target before giving up until the next pass: each stale
@@ -85,9 +86,7 @@ pub struct CopyJob<K> {
     /// Its conflict policy.
     pub policy: ConflictPolicy,
     /// What every copy must hold.
-    pub content: Content,
-    /// `content.hash()`, computed once.
-    pub hash: String,
+    pub desired: Desired,
     /// The source's name (for the source annotation).
     pub source_name: String,
     /// The copies' name.
@@ -98,23 +97,19 @@ pub struct CopyJob<K> {
 
 impl<K: Cached> CopyJob<K> {
     /// What this job needs in `namespace`, given what is there (`current`).
-    pub fn plan(&self, ctx: &Context, namespace: &str, current: Option<&K>) -> Plan {
-        let found = current.map(Found::of);
+    pub fn plan(&self, ctx: &Context, namespace: &str, current: Option<&Found>) -> Plan {
         let decider = Decider {
             owner: &self.owner,
             policy: self.policy,
         };
         let object = describe::<K>(namespace, &self.copy_name);
-        decider.plan(&self.content, &self.hash, found.as_ref(), &object, |o| {
-            ctx.fanout_exists(o)
-        })
+        decider.plan(&self.desired, current, &object, |o| ctx.fanout_exists(o))
     }
 
-    /// The cached object under the copy's name in `namespace`.
-    pub fn cached(&self, ctx: &Context, namespace: &str) -> Option<K> {
-        K::cache(&ctx.stores)
-            .get(&ObjectRef::new(&self.copy_name).within(namespace))
-            .map(|cached| (*cached).clone())
+    /// What the cache knows of the object under the copy's name in
+    /// `namespace`.
+    pub fn cached(&self, ctx: &Context, namespace: &str) -> Option<Arc<Found>> {
+        K::cache(&ctx.stores).get(namespace, &self.copy_name)
     }
 }
 
@@ -150,8 +145,15 @@ impl<'a> Writer<'a> {
         let mut current = job.cached(self.ctx, namespace);
         let mut permit = None;
         for attempt in 0..MAX_ATTEMPTS {
-            let (operation, origin) = match job.plan(self.ctx, namespace, current.as_ref()) {
-                Plan::Keep => return Ok(synced(namespace, &job.hash, current.as_ref(), None)),
+            let (operation, origin) = match job.plan(self.ctx, namespace, current.as_deref()) {
+                Plan::Keep => {
+                    return Ok(synced(
+                        namespace,
+                        &job.desired.hash,
+                        current.as_deref(),
+                        None,
+                    ));
+                }
                 Plan::Conflict(message) => return Ok(conflict(namespace, message)),
                 Plan::Write(operation, origin) => (operation, origin),
             };
@@ -159,14 +161,20 @@ impl<'a> Writer<'a> {
                 permit = Some(self.permit().await?);
             }
             match self
-                .execute(&api, job, namespace, (operation, origin), current.as_ref())
+                .execute(
+                    &api,
+                    job,
+                    namespace,
+                    (operation, origin),
+                    current.as_deref(),
+                )
                 .await
             {
                 Ok(written) => {
                     return Ok(synced(
                         namespace,
-                        &job.hash,
-                        Some(&written),
+                        &job.desired.hash,
+                        Some(&Found::of(&written)),
                         Some(operation),
                     ));
                 }
@@ -183,7 +191,8 @@ impl<'a> Writer<'a> {
             current = self
                 .caller()
                 .call("read", &object, || api.get_opt(&job.copy_name))
-                .await?;
+                .await?
+                .map(|object| Arc::new(Found::of(&object)));
         }
         Err(WriteError::Contended {
             object,
@@ -246,12 +255,12 @@ impl<'a> Writer<'a> {
         job: &CopyJob<K>,
         namespace: &str,
         (operation, origin): (Operation, Origin),
-        current: Option<&K>,
+        current: Option<&Found>,
     ) -> Result<K, CallError> {
         let object = describe::<K>(namespace, &job.copy_name);
         let mut desired: K = desired_copy(
-            &job.content,
-            &job.hash,
+            &job.desired.content,
+            &job.desired.hash,
             &job.owner,
             &job.source_name,
             &job.copy_name,
@@ -272,8 +281,8 @@ impl<'a> Writer<'a> {
         };
         match (operation, current) {
             (Operation::Update | Operation::Adopt, Some(current)) => {
-                keep_foreign_metadata(current, &mut desired);
-                desired.meta_mut().resource_version = current.resource_version();
+                current.keep_foreign_metadata(desired.meta_mut());
+                desired.meta_mut().resource_version = current.resource_version.clone();
                 self.request(operation, &object, || {
                     api.replace(&job.copy_name, &create, &desired)
                 })
@@ -282,8 +291,8 @@ impl<'a> Writer<'a> {
             (Operation::Recreate, Some(current)) => {
                 let params = DeleteParams {
                     preconditions: Some(Preconditions {
-                        uid: current.uid(),
-                        resource_version: current.resource_version(),
+                        uid: current.uid.clone(),
+                        resource_version: current.resource_version.clone(),
                     }),
                     ..DeleteParams::default()
                 };
@@ -358,81 +367,19 @@ fn release_patch(resource_version: Option<&str>) -> serde_json::Value {
     })
 }
 
-/// Adds to `desired` the labels and annotations of `current` that are
-/// someone else's: keys the copy does not want and this controller never
-/// wrote (its field manager owns none of them in `managedFields`). Another
-/// tool's label survives an update; a label this controller copied from the
-/// source, and the source has since dropped, does not. A key a mutating
-/// admission policy adds counts as written by the request's manager: it is
-/// dropped by the update and added again by the policy, and since drift
-/// ignores keys the copy does not want, it never causes another write.
-fn keep_foreign_metadata<K: Resource>(current: &K, desired: &mut K) {
-    let (our_labels, our_annotations) = keys_written_by(current, FIELD_MANAGER);
-    let meta = desired.meta_mut();
-    for (found, wanted, ours) in [
-        (
-            current.meta().labels.as_ref(),
-            &mut meta.labels,
-            &our_labels,
-        ),
-        (
-            current.meta().annotations.as_ref(),
-            &mut meta.annotations,
-            &our_annotations,
-        ),
-    ] {
-        let wanted = wanted.get_or_insert_with(Default::default);
-        for (key, value) in found.into_iter().flatten() {
-            if !wanted.contains_key(key) && !ours.contains(key) {
-                wanted.insert(key.clone(), value.clone());
-            }
-        }
-    }
-}
-
-/// The label and annotation keys `manager` owns on `object`, from its
-/// `managedFields`.
-fn keys_written_by<K: Resource>(object: &K, manager: &str) -> (HashSet<String>, HashSet<String>) {
-    let mut labels = HashSet::new();
-    let mut annotations = HashSet::new();
-    let entries = object.meta().managed_fields.iter().flatten();
-    for entry in entries.filter(|e| e.manager.as_deref() == Some(manager)) {
-        let Some(fields) = &entry.fields_v1 else {
-            continue;
-        };
-        let metadata = &fields.0["f:metadata"];
-        for (section, keys) in [
-            ("f:labels", &mut labels),
-            ("f:annotations", &mut annotations),
-        ] {
-            if let Some(map) = metadata[section].as_object() {
-                keys.extend(
-                    map.keys()
-                        .filter_map(|k| k.strip_prefix("f:"))
-                        .map(str::to_owned),
-                );
-            }
-        }
-    }
-    (labels, annotations)
-}
-
 /// `secret team-a/regcred`: how messages name an object.
 pub fn describe<K: Cached>(namespace: &str, name: &str) -> String {
     format!("{} {namespace}/{name}", K::KIND.as_str().to_lowercase())
 }
 
 /// The entry of a target that holds a true copy (`copy`, if known).
-pub fn synced<K: Cached>(
+pub fn synced(
     namespace: &str,
     hash: &str,
-    copy: Option<&K>,
+    copy: Option<&Found>,
     operation: Option<Operation>,
 ) -> Done {
-    let last_sync_time = copy
-        .and_then(|c| c.annotations().get(SYNCED_AT))
-        .and_then(|t| Timestamp::from_str(t).ok())
-        .map(Time);
+    let last_sync_time = copy.and_then(|c| c.synced_at).map(Time);
     Done {
         status: TargetStatus {
             namespace: namespace.to_owned(),
@@ -491,11 +438,11 @@ pub struct Scope<'a> {
 }
 
 impl Scope<'_> {
-    /// `object` as a copy this Fanout may let go of, or why it is not one.
-    pub fn admits<K: Cached>(&self, ctx: &Context, object: &K) -> Result<CopyRef, String> {
-        let meta = object.meta();
-        let namespace = meta.namespace.clone().unwrap_or_default();
-        let name = object.name_any();
+    /// `object` (of kind `K`) as a copy this Fanout may let go of, or why
+    /// it is not one.
+    pub fn admits<K: Cached>(&self, ctx: &Context, object: &Found) -> Result<CopyRef, String> {
+        let namespace = object.namespace.clone();
+        let name = object.name.clone();
         if K::KIND != self.kind || name != self.copy_name {
             return Err(format!(
                 "{} {namespace}/{name} is not what this Fanout writes ({} {})",
@@ -504,10 +451,10 @@ impl Scope<'_> {
                 self.copy_name
             ));
         }
-        if !carries_markers(meta, self.owner) {
+        if !object.carries_markers(self.owner) {
             return Err(format!("{namespace}/{name} lacks the markers of a copy"));
         }
-        if let Some(reason) = object.protection() {
+        if let Some(reason) = &object.protection {
             return Err(format!("{namespace}/{name} is {reason}"));
         }
         if namespace == self.owner.namespace {
@@ -524,9 +471,9 @@ impl Scope<'_> {
             kind: K::KIND,
             namespace,
             name,
-            uid: meta.uid.clone(),
-            resource_version: meta.resource_version.clone(),
-            origin: Origin::of(object.annotations()),
+            uid: object.uid.clone(),
+            resource_version: object.resource_version.clone(),
+            origin: object.origin,
         })
     }
 
@@ -546,11 +493,11 @@ impl Scope<'_> {
     pub fn select<'k, K: Cached>(
         &self,
         ctx: &Context,
-        objects: impl IntoIterator<Item = &'k K>,
+        objects: impl IntoIterator<Item = &'k Found>,
     ) -> Vec<CopyRef> {
         objects
             .into_iter()
-            .filter_map(|object| match self.admits(ctx, object) {
+            .filter_map(|object| match self.admits::<K>(ctx, object) {
                 Ok(copy) => Some(copy),
                 Err(reason) => {
                     warn!(%reason, "labelled as this Fanout's copy but left alone");
@@ -561,32 +508,17 @@ impl Scope<'_> {
     }
 }
 
-/// Whether `meta` carries every marker of a copy of `owner`'s.
-fn carries_markers(meta: &ObjectMeta, owner: &Owner) -> bool {
-    let labels = meta.labels.as_ref();
-    let managed =
-        labels.and_then(|l| l.get(MANAGED_BY)).map(String::as_str) == Some(MANAGED_BY_VALUE);
-    let owned = labels.and_then(Owner::from_labels).as_ref() == Some(owner);
-    let hashed = meta
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(CONTENT_HASH))
-        .and_then(|hash| hash.strip_prefix("sha256:"))
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
-    managed && owned && hashed
-}
-
-/// Cached objects labelled with `uid` that `keep` does not claim.
+/// What the cache knows of the objects labelled with `uid` (of kind `K`)
+/// that `keep` does not claim.
 pub fn cached<K: Cached>(
     ctx: &Context,
     uid: &str,
-    keep: impl Fn(&K) -> bool,
-) -> Vec<std::sync::Arc<K>> {
+    keep: impl Fn(&Found) -> bool,
+) -> Vec<Arc<Found>> {
     K::cache(&ctx.stores)
-        .state()
+        .owned_by(uid)
         .into_iter()
-        .filter(|c| c.labels().get(OWNER_UID).map(String::as_str) == Some(uid))
-        .filter(|c| !keep(c))
+        .filter(|found| !keep(found))
         .collect()
 }
 
