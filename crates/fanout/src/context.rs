@@ -28,6 +28,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Caller, Failures};
+use crate::blocked::Blockers;
 use crate::cache::CopyCache;
 use crate::copy::{CopyKind, Owner};
 use crate::crd::Fanout;
@@ -111,6 +112,9 @@ pub struct Context {
     pub queue: QueueDepth,
     /// Consecutive failed passes per Fanout, for the retry backoff.
     pub failures: Failures,
+    /// Targets blocked by objects the Fanouts may not touch, and the
+    /// watches on those objects.
+    pub blockers: Blockers,
     /// The reconcile loop's liveness watchdog: every running reconcile
     /// holds it busy, every API call that ends moves it.
     pub watchdog: Watchdog,
@@ -289,10 +293,10 @@ pub struct Settings {
     pub write_timeout: Duration,
     /// Least time between two status writes of one Fanout (`--status-interval`).
     pub status_interval: Duration,
-    /// How soon a Fanout with Failed or Conflict targets is looked at again,
-    /// so it converges once the blocker is gone without any event for it
-    /// (an unlabelled blocker is not watched: that would mean watching every
-    /// Secret).
+    /// Sets the ceilings of two backoffs: a third of it for retrying a
+    /// failed pass (10 s by default: a Fanout failing while the API server
+    /// is down is retried within 10 s of its return), all of it for looking
+    /// again at a blocker that keeps changing.
     pub retry_interval: Duration,
     /// How often every Fanout is reconciled even without events: a safety
     /// net for events lost while a watch was down.

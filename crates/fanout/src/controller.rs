@@ -41,6 +41,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{Failures, is_timeout};
+use crate::blocked::Blockers;
 use crate::context::{Context, QueueDepth, Running, Settings};
 use crate::crd::Fanout;
 use crate::guard;
@@ -106,7 +107,9 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
     let abandoned = running.clone();
     let (fanout_store, fanout_writer) = reflector::store();
     let fanout_index = FanoutIndex::default();
+    // Requests from the source and blocker watches, which come and go.
     let (source_requests, source_receiver) = futures::channel::mpsc::unbounded();
+    let blocker_requests = source_requests.clone();
     let sources = SourceWatches::new(
         client.clone(),
         fanout_index.clone(),
@@ -140,6 +143,12 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
         abort: abort.clone(),
         queue: queue.clone(),
         failures: Failures::new(settings.retry_interval / 3),
+        blockers: Blockers::new(
+            client.clone(),
+            blocker_requests,
+            drain.child_token(),
+            settings.retry_interval,
+        ),
         watchdog,
         settings: settings.clone(),
     });

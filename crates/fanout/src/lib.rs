@@ -22,16 +22,18 @@
 //! Underneath them: [`api`] (every API call: deadline, retry, cancellation),
 //! [`context`] (what reconciles share, and the settings), [`crd`] (the
 //! resource and its admission rules), [`metrics`], [`events`], [`guard`] (is
-//! the source-access admission policy in force). Above them: [`controller`]
+//! the source-access admission policy in force), [`blocked`] (targets
+//! blocked by objects a Fanout may not touch, watched instead of polled). Above them: [`controller`]
 //! (the run loop: watches into kube-runtime's applier, the drain) and
 //! [`app`] (flags into the runtime and the controller); [`config`] parses
 //! the flags. The modules form layers with no import cycle: `crd` → `api`,
 //! `copy` → `found` → `plan`, `cache` → `metrics` → `status` → `targets` →
-//! `index` → `context` → `write`, `watches` → `reconcile` → `controller` →
+//! `index`, `blocked` → `context` → `write`, `watches` → `reconcile` → `controller` →
 //! `app`.
 
 pub mod api;
 pub mod app;
+pub mod blocked;
 pub mod cache;
 pub mod config;
 pub mod context;

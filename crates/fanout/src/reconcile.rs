@@ -203,6 +203,12 @@ pub enum PassError {
 pub enum Work {
     /// Make the copy true.
     Sync,
+    /// Make the copy true, reading the target first: it was blocked when
+    /// the status was last written, but this process does not remember the
+    /// blocker (it started since), so a create would most likely be
+    /// refused. A restart or failover then costs a read per blocked
+    /// target, and no write.
+    Recheck,
     /// The namespace does not consent: remove our copy.
     Remove,
 }
@@ -211,17 +217,26 @@ pub enum Work {
 /// resolution order.
 ///
 /// What the cache already decides costs no write and is reported at
-/// once: a true copy is `Synced`, a blocker `Conflict`. Only targets
-/// that need a write enter the batch (as `Pending`), so a pass that the
-/// drain stops before it starts anything reports what is true, not a
-/// list of `Pending` over a converged Fanout.
+/// once: a true copy is `Synced`, a blocker `Conflict` (remembered from an
+/// earlier pass, see [`crate::blocked`], or cached). Only targets that
+/// need a write enter the batch (as `Pending`), so a pass that the drain
+/// stops before it starts anything reports what is true, not a list of
+/// `Pending` over a converged Fanout.
 pub fn classify<K: Cached>(
     ctx: &Context,
     resolved: &[String],
     job: &CopyJob<K>,
+    previous: &FanoutStatus,
 ) -> (Vec<TargetStatus>, Vec<(usize, Work)>) {
+    let was_blocked: HashSet<&str> = previous
+        .targets
+        .iter()
+        .filter(|t| t.state == TargetState::Conflict)
+        .map(|t| t.namespace.as_str())
+        .collect();
     let consent = ctx.consent();
     let source_namespace = job.owner.namespace.as_str();
+    let fanout = ObjectRef::new(&job.owner.name).within(source_namespace);
     let mut entries = Vec::with_capacity(resolved.len());
     let mut work = Vec::new();
     for (index, target) in resolved.iter().enumerate() {
@@ -242,6 +257,13 @@ pub fn classify<K: Cached>(
             namespace.annotations(),
             source_namespace,
         ) {
+            if let Some(message) = ctx
+                .blockers
+                .remembered(&fanout, K::KIND, target, &job.copy_name)
+            {
+                entries.push(write::conflict(target, message, None).status);
+                continue;
+            }
             let current = job.cached(ctx, target);
             match job.plan(ctx, target, current.as_deref()) {
                 Plan::Keep => {
@@ -249,11 +271,24 @@ pub fn classify<K: Cached>(
                     entries.push(done.status);
                 }
                 Plan::Conflict(message) => {
-                    entries.push(write::conflict(target, message).status);
+                    let done = write::conflict(target, message, current.as_deref());
+                    if let Some(judged) = done.blocked {
+                        ctx.blockers
+                            .block(&fanout, K::KIND, target, &job.copy_name, judged);
+                    }
+                    entries.push(done.status);
                 }
                 Plan::Write(..) => {
                     entries.push(status::pending(target));
-                    work.push((index, Work::Sync));
+                    let read_first = current.is_none() && was_blocked.contains(target.as_str());
+                    work.push((
+                        index,
+                        if read_first {
+                            Work::Recheck
+                        } else {
+                            Work::Sync
+                        },
+                    ));
                 }
             }
         } else {
@@ -343,10 +378,10 @@ impl<'a> Pass<'a> {
             copy_name: self.fanout.copy_name().to_owned(),
             kind: PhantomData,
         };
-        let (mut entries, work) = classify(self.ctx, &resolved, &job);
+        let (mut entries, work) = classify(self.ctx, &resolved, &job, &self.previous);
 
         let writer = self.status_writer();
-        writer.publish(self.status(&entries, Some(&job.desired.hash), &Verdict::Targets));
+        writer.publish(self.snapshot(&entries, &job.desired.hash));
         let snapshot_every = self.ctx.settings.status_interval / 4;
         let mut last_snapshot = Instant::now();
         let mut writes: BTreeMap<Operation, usize> = BTreeMap::new();
@@ -360,7 +395,8 @@ impl<'a> Pass<'a> {
             let namespace = resolved_ref[*index].as_str();
             async move {
                 match work {
-                    Work::Sync => target_writer.sync(job_ref, namespace).await,
+                    Work::Sync => target_writer.sync(job_ref, namespace, false).await,
+                    Work::Recheck => target_writer.sync(job_ref, namespace, true).await,
                     Work::Remove => {
                         self.remove::<K>(target_writer, resolved_ref, namespace)
                             .await
@@ -376,7 +412,16 @@ impl<'a> Pass<'a> {
                     if let Some(operation) = done.operation {
                         *writes.entry(operation).or_default() += 1;
                     }
-                    if work == Work::Sync {
+                    if let Some(judged) = done.blocked {
+                        self.ctx.blockers.block(
+                            &self.key(),
+                            K::KIND,
+                            &entry.namespace,
+                            &job.copy_name,
+                            judged,
+                        );
+                    }
+                    if work != Work::Remove {
                         *entry = done.status;
                     }
                 }
@@ -399,7 +444,7 @@ impl<'a> Pass<'a> {
             // quadratic at 10,000 targets. The writer takes at most one per
             // interval, so a few per interval keep it current.
             if last_snapshot.elapsed() >= snapshot_every {
-                writer.publish(self.status(&entries, Some(&job.desired.hash), &Verdict::Targets));
+                writer.publish(self.snapshot(&entries, &job.desired.hash));
                 last_snapshot = Instant::now();
             }
         }
@@ -417,6 +462,14 @@ impl<'a> Pass<'a> {
         }
         let interrupted = self.ctx.drain.is_cancelled()
             && entries.iter().any(|e| e.state == TargetState::Pending);
+        let blocked: HashSet<&str> = entries
+            .iter()
+            .filter(|e| e.state == TargetState::Conflict)
+            .map(|e| e.namespace.as_str())
+            .collect();
+        self.ctx
+            .blockers
+            .settle(&self.key(), K::KIND, &job.copy_name, &blocked);
         let mut prune_left = 0;
         if !interrupted && self.fanout.spec.prune {
             // Objects labelled as ours outside the targets; `Scope` keeps
@@ -472,6 +525,7 @@ impl<'a> Pass<'a> {
         let refused = Done {
             status: targets::refused(namespace, &self.namespace),
             operation: None,
+            blocked: None,
         };
         let copy_name = self.fanout.copy_name();
         let Some(found) = K::cache(&self.ctx.stores).get(namespace, copy_name) else {
@@ -527,6 +581,7 @@ impl<'a> Pass<'a> {
         if self.cancel.is_cancelled() {
             return Ok(Action::await_change());
         }
+        self.ctx.blockers.forget(&self.key());
         let last = self.status(&[], None, &verdict);
         let writer = self.status_writer();
         writer.finish(last.clone()).await?;
@@ -538,11 +593,37 @@ impl<'a> Pass<'a> {
         )))
     }
 
+    /// The final status of a pass: every target, up to the cap.
     fn status(
         &self,
         entries: &[TargetStatus],
         hash: Option<&str>,
         verdict: &Verdict,
+    ) -> FanoutStatus {
+        self.assemble(entries, hash, verdict, self.ctx.settings.max_status_targets)
+    }
+
+    /// A status in the middle of a pass: the summary and conditions, and
+    /// only the targets that need attention (in resolution order;
+    /// `targetsOmitted` counts the rest).
+    ///
+    /// Why: every status write stores the whole object again, so a list of
+    /// 1,000 entries rewritten once per interval made a fan-out's status
+    /// cost grow with its duration (at 5 QPS, 200 writes of ~150 kB for
+    /// 1,000 copies). The counts are what a person watches move; the full
+    /// list is written once, when the pass ends (a drain's final write
+    /// included), and whatever needs attention shows up at once.
+    fn snapshot(&self, entries: &[TargetStatus], hash: &str) -> FanoutStatus {
+        let listed = status::needing_attention(entries).min(self.ctx.settings.max_status_targets);
+        self.assemble(entries, Some(hash), &Verdict::Targets, listed)
+    }
+
+    fn assemble(
+        &self,
+        entries: &[TargetStatus],
+        hash: Option<&str>,
+        verdict: &Verdict,
+        max_targets: usize,
     ) -> FanoutStatus {
         let now = Time(Timestamp::now());
         status::assemble(status::Input {
@@ -551,7 +632,7 @@ impl<'a> Pass<'a> {
             entries,
             verdict,
             previous_conditions: &self.previous.conditions,
-            max_targets: self.ctx.settings.max_status_targets,
+            max_targets,
             now: &now,
         })
     }
@@ -561,7 +642,11 @@ impl<'a> Pass<'a> {
         self.ctx.metrics.set_summary(&self.uid, Some(last.summary));
         let notices = events::changes(&self.previous, last, writes);
         debug!(summary = ?last.summary, "pass finished");
-        events::publish(&self.ctx.recorder, &self.fanout, notices, self.cancel).await;
+        // The Events describe the status just written: once it is, a
+        // cancel of the pass (its source deleted, say) must not drop them,
+        // since the next pass sees no change and would never say it. Only
+        // the drain deadline cuts them off.
+        events::publish(&self.ctx.recorder, &self.fanout, notices, &self.ctx.abort).await;
     }
 
     fn next_action(&self, last: &FanoutStatus, retry_soon: bool) -> Action {
@@ -577,13 +662,9 @@ impl<'a> Pass<'a> {
             return Action::requeue(self.ctx.failures.failed(&key));
         }
         self.ctx.failures.succeeded(&key);
-        if summary.conflict > 0 {
-            // Conflicts converge once the blocker is gone, without an event
-            // for it (unlabelled objects are not watched).
-            Action::requeue(api::jittered(settings.retry_interval))
-        } else {
-            Action::requeue(api::jittered(settings.resync_interval))
-        }
+        // Blocked targets are watched (see `crate::blocked`): a blocker that
+        // goes or changes wakes the Fanout, so conflicts need no polling.
+        Action::requeue(api::jittered(settings.resync_interval))
     }
 
     /// The coalescing status writer of this pass.
@@ -596,6 +677,10 @@ impl<'a> Pass<'a> {
             self.cancel.clone(),
             self.ctx.watchdog.clone(),
         )
+    }
+
+    fn key(&self) -> ObjectRef<Fanout> {
+        ObjectRef::from_obj(&*self.fanout)
     }
 
     fn api(&self) -> Api<Fanout> {
@@ -649,6 +734,7 @@ pub async fn clean_up(
     info!(fanout = %name, deleted = let_go.deleted, released = let_go.released, "let go of every copy; removing the finalizer");
     ctx.metrics.set_summary(&owner.uid, None);
     ctx.failures.succeeded(&ObjectRef::from_obj(fanout));
+    ctx.blockers.forget(&ObjectRef::from_obj(fanout));
     if let_go.deleted + let_go.released > 0 {
         let notice = Notice {
             warning: false,

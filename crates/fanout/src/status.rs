@@ -46,8 +46,13 @@ use crate::crd::{Fanout, FanoutStatus, Summary, TargetState, TargetStatus};
 pub const DEFAULT_MAX_TARGETS: usize = 1000;
 /// Messages longer than this are cut, to bound the status size.
 const MAX_MESSAGE: usize = 256;
-/// The condition type this controller maintains.
+/// The condition every Fanout carries: True once every target holds a true
+/// copy.
 pub const READY: &str = "Ready";
+/// kstatus' condition for "not there yet, working on it".
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus' condition for "cannot get there without someone acting".
+pub const STALLED: &str = "Stalled";
 
 /// What a pass concluded before looking at individual targets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,15 +92,30 @@ pub struct Input<'a> {
 pub fn assemble(input: Input<'_>) -> FanoutStatus {
     let summary = summarize(input.entries);
     let (targets, omitted) = select(input.entries, input.max_targets);
-    let ready = ready_condition(&summary, input.verdict, input);
+    let conditions = conditions(&summary, input.verdict, input);
     FanoutStatus {
         observed_generation: input.generation,
         source_hash: input.source_hash.map(str::to_owned),
         summary,
         targets,
         targets_omitted: u32::try_from(omitted).unwrap_or(u32::MAX),
-        conditions: vec![ready],
+        conditions,
     }
+}
+
+/// How many entries need someone's attention (Failed, Conflict, Refused):
+/// what a status written in the middle of a pass lists (see
+/// [`crate::reconcile`]).
+pub fn needing_attention(entries: &[TargetStatus]) -> usize {
+    entries
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.state,
+                TargetState::Failed | TargetState::Conflict | TargetState::Refused
+            )
+        })
+        .count()
 }
 
 /// Counts entries by state.
@@ -157,52 +177,96 @@ fn truncate(text: &mut String, max: usize) {
     }
 }
 
-/// The `Ready` condition for this pass.
-fn ready_condition(summary: &Summary, verdict: &Verdict, input: Input<'_>) -> Condition {
-    let (ready, reason, message) = judge(summary, verdict);
-    let status = if ready { "True" } else { "False" };
-    let previous = input.previous_conditions.iter().find(|c| c.type_ == READY);
-    let last_transition_time = match previous {
-        Some(p) if p.status == status => p.last_transition_time.clone(),
-        _ => input.now.clone(),
-    };
-    let mut message = message;
+/// The conditions for this pass, as kstatus reads them: `Ready` always;
+/// `Reconciling` (True) while the controller is still working towards it
+/// on its own (targets pending, failed writes being retried, a pass cut
+/// short by a drain); `Stalled` (True) when it cannot get there without
+/// someone acting (a missing or refused source, an invalid spec, a
+/// blocking object, a namespace that does not consent). Both are left out
+/// when they would be False, as kstatus recommends for abnormal-true
+/// conditions. Each keeps its transition time while its status holds.
+fn conditions(summary: &Summary, verdict: &Verdict, input: Input<'_>) -> Vec<Condition> {
+    let judgement = judge(summary, verdict);
+    let mut message = judgement.message;
     truncate(&mut message, 1024);
-    Condition {
-        type_: READY.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: input.generation,
-        last_transition_time,
+    let condition = |type_: &str, status: bool| {
+        let status = if status { "True" } else { "False" };
+        let previous = input.previous_conditions.iter().find(|c| c.type_ == type_);
+        let last_transition_time = match previous {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => input.now.clone(),
+        };
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: judgement.reason.to_owned(),
+            message: message.clone(),
+            observed_generation: input.generation,
+            last_transition_time,
+        }
+    };
+    let mut conditions = vec![condition(READY, judgement.health == Health::Ready)];
+    match judgement.health {
+        Health::Ready => {}
+        Health::Reconciling => conditions.push(condition(RECONCILING, true)),
+        Health::Stalled => conditions.push(condition(STALLED, true)),
     }
+    conditions
 }
 
-/// Ready or not, the reason (CamelCase) and a message for people.
-fn judge(s: &Summary, verdict: &Verdict) -> (bool, &'static str, String) {
+/// Where a Fanout stands, in kstatus terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Health {
+    /// Every target holds a true copy (or there is none).
+    Ready,
+    /// Not yet, and the controller is getting there on its own.
+    Reconciling,
+    /// Not without someone acting.
+    Stalled,
+}
+
+/// What the conditions say.
+struct Judgement {
+    health: Health,
+    /// CamelCase, shared by the conditions.
+    reason: &'static str,
+    message: String,
+}
+
+/// Where the Fanout stands, why (CamelCase) and a message for people.
+fn judge(s: &Summary, verdict: &Verdict) -> Judgement {
     let counts = format!(
         "{}/{} synced, {} pending, {} failed, {} conflict, {} refused",
         s.synced, s.desired, s.pending, s.failed, s.conflict, s.refused
     );
-    match verdict {
-        Verdict::SourceMissing(m) => (false, "SourceMissing", m.clone()),
-        Verdict::SourceRefused(m) => (false, "SourceRefused", m.clone()),
-        Verdict::InvalidSpec(m) => (false, "InvalidSpec", m.clone()),
+    let (health, reason, message) = match verdict {
+        Verdict::SourceMissing(m) => (Health::Stalled, "SourceMissing", m.clone()),
+        Verdict::SourceRefused(m) => (Health::Stalled, "SourceRefused", m.clone()),
+        Verdict::InvalidSpec(m) => (Health::Stalled, "InvalidSpec", m.clone()),
         Verdict::Interrupted if s.pending > 0 => (
-            false,
+            Health::Reconciling,
             "Interrupted",
             format!("controller shut down before finishing; the next leader resumes: {counts}"),
         ),
-        _ if s.failed > 0 => (false, "TargetsFailing", counts),
-        _ if s.conflict > 0 => (false, "TargetsConflicting", counts),
-        _ if s.refused > 0 => (false, "TargetsRefused", counts),
-        _ if s.pending > 0 => (false, "Progressing", counts),
-        _ if s.desired == 0 => (true, "NoTargets", "no target namespace resolved".to_owned()),
+        _ if s.failed > 0 => (Health::Reconciling, "TargetsFailing", counts),
+        _ if s.conflict > 0 => (Health::Stalled, "TargetsConflicting", counts),
+        _ if s.refused > 0 => (Health::Stalled, "TargetsRefused", counts),
+        _ if s.pending > 0 => (Health::Reconciling, "Progressing", counts),
+        _ if s.desired == 0 => (
+            Health::Ready,
+            "NoTargets",
+            "no target namespace resolved".to_owned(),
+        ),
         _ => (
-            true,
+            Health::Ready,
             "Synced",
             format!("all {} targets hold a true copy", s.desired),
         ),
+    };
+    Judgement {
+        health,
+        reason,
+        message,
     }
 }
 
@@ -572,6 +636,80 @@ mod tests {
                 "{states:?}"
             );
         }
+    }
+
+    #[test]
+    fn kstatus_conditions_say_whether_the_controller_or_a_person_must_act() {
+        let now = now();
+        let cases = [
+            (
+                vec![TargetState::Synced],
+                Verdict::Targets,
+                vec!["Ready=True"],
+            ),
+            (
+                vec![TargetState::Synced, TargetState::Pending],
+                Verdict::Targets,
+                vec!["Ready=False", "Reconciling=True"],
+            ),
+            (
+                vec![TargetState::Failed],
+                Verdict::Targets,
+                vec!["Ready=False", "Reconciling=True"],
+            ),
+            (
+                vec![TargetState::Pending],
+                Verdict::Interrupted,
+                vec!["Ready=False", "Reconciling=True"],
+            ),
+            (
+                vec![TargetState::Conflict],
+                Verdict::Targets,
+                vec!["Ready=False", "Stalled=True"],
+            ),
+            (
+                vec![TargetState::Refused],
+                Verdict::Targets,
+                vec!["Ready=False", "Stalled=True"],
+            ),
+            (
+                vec![],
+                Verdict::SourceMissing("gone".into()),
+                vec!["Ready=False", "Stalled=True"],
+            ),
+            (
+                vec![],
+                Verdict::InvalidSpec("bad".into()),
+                vec!["Ready=False", "Stalled=True"],
+            ),
+        ];
+        for (states, verdict, expected) in cases {
+            let entries: Vec<_> = states.iter().map(|s| entry("n", *s)).collect();
+            let status = assemble(input(&entries, &verdict, &now));
+            let conditions: Vec<String> = status
+                .conditions
+                .iter()
+                .map(|c| format!("{}={}", c.type_, c.status))
+                .collect();
+            assert_eq!(conditions, expected, "{states:?} {verdict:?}");
+            assert!(status.conditions.iter().all(
+                |c| c.observed_generation == Some(3) && c.reason == status.conditions[0].reason
+            ));
+        }
+    }
+
+    #[test]
+    fn a_status_in_the_middle_of_a_pass_lists_only_what_needs_attention() {
+        let mut entries: Vec<_> = (0..6)
+            .map(|i| entry(&format!("ns-{i}"), TargetState::Pending))
+            .collect();
+        entries[1].state = TargetState::Synced;
+        entries[4].state = TargetState::Conflict;
+        entries[2].state = TargetState::Failed;
+        let (listed, omitted) = select(&entries, needing_attention(&entries));
+        let names: Vec<_> = listed.iter().map(|t| t.namespace.as_str()).collect();
+        assert_eq!(names, ["ns-2", "ns-4"], "in resolution order");
+        assert_eq!(omitted, 4);
     }
 
     #[test]

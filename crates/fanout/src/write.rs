@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::api::{CallError, Caller, ErrorClass, backoff};
+use crate::blocked::Judged;
 use crate::context::{Cached, Context};
 use crate::copy::{
     CONTENT_HASH, Desired, FIELD_MANAGER, MANAGED_BY, ORIGIN, OWNER_NAME, OWNER_NAMESPACE,
@@ -120,6 +121,8 @@ pub struct Done {
     pub status: TargetStatus,
     /// The write performed, if any.
     pub operation: Option<Operation>,
+    /// The blocker, if the target is blocked (`Conflict`).
+    pub blocked: Option<Judged>,
 }
 
 /// Writes copies on behalf of one reconcile.
@@ -135,14 +138,21 @@ impl<'a> Writer<'a> {
     }
 
     /// Makes the copy in `namespace` true, or reports why it may not be.
+    /// With `read_first` (the target was blocked by an object the cache
+    /// does not hold), the object is read before deciding, instead of
+    /// trying a create that would most likely be refused.
     pub async fn sync<K: Cached>(
         &self,
         job: &CopyJob<K>,
         namespace: &str,
+        read_first: bool,
     ) -> Result<Done, WriteError> {
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), namespace);
         let object = describe::<K>(namespace, &job.copy_name);
         let mut current = job.cached(self.ctx, namespace);
+        if read_first && current.is_none() {
+            current = self.read(&api, job, &object).await?;
+        }
         let mut permit = None;
         for attempt in 0..MAX_ATTEMPTS {
             let (operation, origin) = match job.plan(self.ctx, namespace, current.as_deref()) {
@@ -154,7 +164,9 @@ impl<'a> Writer<'a> {
                         None,
                     ));
                 }
-                Plan::Conflict(message) => return Ok(conflict(namespace, message)),
+                Plan::Conflict(message) => {
+                    return Ok(conflict(namespace, message, current.as_deref()));
+                }
                 Plan::Write(operation, origin) => (operation, origin),
             };
             if permit.is_none() {
@@ -188,16 +200,26 @@ impl<'a> Writer<'a> {
                 }
                 Err(error) => return Err(error.into()),
             }
-            current = self
-                .caller()
-                .call("read", &object, || api.get_opt(&job.copy_name))
-                .await?
-                .map(|object| Arc::new(Found::of(&object)));
+            current = self.read(&api, job, &object).await?;
         }
         Err(WriteError::Contended {
             object,
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// What is under the copy's name in the target now.
+    async fn read<K: Cached>(
+        &self,
+        api: &Api<K>,
+        job: &CopyJob<K>,
+        object: &str,
+    ) -> Result<Option<Arc<Found>>, CallError> {
+        let found = self
+            .caller()
+            .call("read", object, || api.get_opt(&job.copy_name))
+            .await?;
+        Ok(found.map(|object| Arc::new(Found::of(&object))))
     }
 
     /// Lets go of `copy` (already verified, see [`crate::copy::Scope`]): deletes
@@ -389,20 +411,26 @@ pub fn synced(
             last_sync_time,
         },
         operation,
+        blocked: None,
     }
 }
 
-/// The entry of a target blocked by an object this Fanout may not touch.
-pub fn conflict(namespace: &str, message: String) -> Done {
+/// The entry of a target blocked by an object this Fanout may not touch
+/// (`blocker`, as found).
+pub fn conflict(namespace: &str, message: String, blocker: Option<&Found>) -> Done {
     Done {
         status: TargetStatus {
             namespace: namespace.to_owned(),
             state: TargetState::Conflict,
             hash: None,
-            message: Some(message),
+            message: Some(message.clone()),
             last_sync_time: None,
         },
         operation: None,
+        blocked: Some(Judged {
+            resource_version: blocker.and_then(|b| b.resource_version.clone()),
+            message,
+        }),
     }
 }
 

@@ -174,3 +174,72 @@ async fn overwrite_replaces_foreign_objects_but_not_another_fanouts_copy() {
     world.delete_fanout("overwrite").await;
     controller.drain().await;
 }
+
+/// Requests this test's controller made about `shared` in `namespace` since
+/// `from`, from the API server's audit log.
+fn requests_about(
+    world: &World,
+    namespace: &str,
+    from: k8s_openapi::jiff::Timestamp,
+) -> Vec<String> {
+    let agent = format!("fanout-test/{}", world.shard);
+    world
+        .cluster
+        .audit()
+        .into_iter()
+        .filter(|e| {
+            e.user_agent == agent
+                && e.resource == "secrets"
+                && e.namespace == namespace
+                && e.received >= from
+        })
+        .map(|e| format!("{} {} -> {}", e.verb, e.name, e.code))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_blocked_target_costs_no_request_until_its_blocker_changes() {
+    let mut world = World::new("watched").await;
+    let blocked = world.consenting("blocked").await;
+    world.secret("shared", &[("k", "source")]).await;
+    blocker(&world, &blocked, &[("k", "theirs")], None).await;
+    let controller = world.start(world.settings());
+    let mut fanout = world.fanout("watched", "shared", names(&[&blocked]));
+    fanout.spec.conflict_policy = ConflictPolicy::Adopt;
+    world.create(&fanout).await;
+    world
+        .wait_fanout("watched", "the target in Conflict", |f| {
+            states(f) == [(blocked.clone(), TargetState::Conflict)]
+        })
+        .await;
+
+    // Three retry intervals (2 s here) with the blocker unchanged: polling
+    // would have cost a POST and a GET each time; watching costs nothing.
+    let quiet_from = k8s_openapi::jiff::Timestamp::now();
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let requests = requests_about(&world, &blocked, quiet_from);
+    assert!(
+        requests.is_empty(),
+        "requests about a blocked target whose blocker did not change: {requests:?}"
+    );
+
+    // Its owner makes the content match: Adopt may now take it over, and
+    // the watch wakes the Fanout (resync is 10 minutes away).
+    let matching = json!({"data": {"k": k8s_openapi::ByteString(b"source".to_vec())}});
+    world
+        .secrets(&blocked)
+        .patch("shared", &PatchParams::default(), &Patch::Merge(&matching))
+        .await
+        .unwrap();
+    world.wait_synced("watched", 1).await;
+    let adopted = world.secrets(&blocked).get("shared").await.unwrap();
+    assert_eq!(
+        adopted
+            .annotations()
+            .get("fanout.dev/origin")
+            .map(String::as_str),
+        Some("adopted")
+    );
+    world.delete_fanout("watched").await;
+    controller.drain().await;
+}

@@ -109,6 +109,24 @@ impl Controller {
         self.task.abort();
     }
 
+    /// A counter that may not have been incremented yet (its series then
+    /// does not exist): 0 until it is.
+    pub fn count(&self, name: &str, labels: &[&str]) -> f64 {
+        let exists = self.registry.gather().iter().any(|f| {
+            f.name() == name
+                && f.get_metric().iter().any(|m| {
+                    labels
+                        .iter()
+                        .all(|want| m.get_label().iter().any(|l| l.value() == *want))
+                })
+        });
+        if exists {
+            self.metric(name, labels)
+        } else {
+            0.0
+        }
+    }
+
     /// The value of a metric series whose labels include all of `labels`.
     pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
         let family = self
@@ -186,9 +204,18 @@ impl World {
         self.start_with_delay(settings, None)
     }
 
+    /// Starts a controller that is not leader until its `leader` is set.
+    pub fn start_standby(&self, settings: Settings) -> Controller {
+        self.launch(settings, None, false)
+    }
+
     /// Starts a controller whose writes into target namespaces each take
     /// `delay(namespace)` longer, as on a slow API server (see [`WriteDelay`]).
     pub fn start_with_delay(&self, settings: Settings, delay: Option<WriteDelay>) -> Controller {
+        self.launch(settings, delay, true)
+    }
+
+    fn launch(&self, settings: Settings, delay: Option<WriteDelay>, leader: bool) -> Controller {
         let mut config = self.cluster.config();
         config.default_retry = false;
         // Names the controller in the API server's audit log.
@@ -205,7 +232,7 @@ impl World {
         };
         let registry = Registry::new();
         let health = Health::new();
-        let (leader, leader_rx) = watch::channel(true);
+        let (leader, leader_rx) = watch::channel(leader);
         let drain = CancellationToken::new();
         let abort = CancellationToken::new();
         let handles = Handles {

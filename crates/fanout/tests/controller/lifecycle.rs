@@ -188,9 +188,7 @@ async fn a_standby_reconciles_nothing_until_it_becomes_leader() {
     let mut world = World::new("standby").await;
     let target = world.consenting("target").await;
     world.secret("creds", &[("k", "v")]).await;
-    let controller = world.start(world.settings());
-    controller.leader.send_replace(false);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let controller = world.start_standby(world.settings());
     world
         .create(&world.fanout("standby", "creds", names(&[&target])))
         .await;

@@ -13,6 +13,7 @@ mod admission;
 mod conflicts;
 mod consent;
 mod copies;
+mod cost;
 mod drift;
 mod lifecycle;
 mod ordering;
