@@ -2,7 +2,9 @@
 //! controller's [`Settings`], and [`kube_lifecycle::Runtime`] runs the
 //! controller through its whole lifecycle.
 
-use kube_lifecycle::client::ClientSettings;
+use std::num::NonZeroU32;
+
+use kube_lifecycle::client::{ClientSettings, RateLimit};
 use kube_lifecycle::lease::LeaseSettings;
 use kube_lifecycle::{Exit, Runtime, RuntimeError};
 
@@ -52,8 +54,10 @@ pub async fn run(config: Config) -> Result<Exit, AppError> {
         .shutdown_timeout(config.shutdown_timeout)
         .readiness_checks(&READINESS_CHECKS)
         .client(ClientSettings {
-            qps: config.kube_qps,
-            burst: config.kube_burst,
+            rate_limit: NonZeroU32::new(config.kube_qps).map(|qps| RateLimit {
+                qps,
+                burst: config.kube_burst,
+            }),
             request_timeout: config.write_timeout,
             user_agent: format!("fanout/{version} ({identity})"),
         })

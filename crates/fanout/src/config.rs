@@ -121,11 +121,12 @@ pub struct Config {
     #[arg(long, env = "FANOUT_STATUS_INTERVAL", default_value = "1s", value_parser = positive_duration, value_name = "DURATION")]
     pub status_interval: Duration,
 
-    /// Average API requests per second (client-side limit).
+    /// Average API requests per second, a client-side limit; 0 turns it off
+    /// and lets the API server's Priority and Fairness set the pace.
     #[arg(long, env = "FANOUT_KUBE_QPS", default_value = "50", value_name = "N")]
-    pub kube_qps: NonZeroU32,
+    pub kube_qps: u32,
 
-    /// Requests allowed in a burst above --kube-qps.
+    /// Requests allowed in a burst above --kube-qps (unused when it is 0).
     #[arg(
         long,
         env = "FANOUT_KUBE_BURST",
@@ -296,7 +297,8 @@ mod tests {
             ),
             (&["--lease-duration", "1500ms"][..], "--lease-duration"),
             (&["--leader-election", "maybe"][..], "--leader-election"),
-            (&["--kube-qps", "0"][..], "--kube-qps"),
+            (&["--kube-qps=-1"][..], "--kube-qps"),
+            (&["--kube-burst", "0"][..], "--kube-burst"),
             (&["--fanout-selector", "a=b,,c"][..], "--fanout-selector"),
             (
                 &["--source-access-policy", "Not A Name"][..],

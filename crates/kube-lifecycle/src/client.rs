@@ -37,14 +37,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the work client is built with.
 #[derive(Clone, Debug)]
 pub struct ClientSettings {
-    /// Average requests per second (client-side limit).
-    pub qps: NonZeroU32,
-    /// Requests allowed in a burst above `qps`.
-    pub burst: NonZeroU32,
+    /// The client-side rate limit; `None`: none, the API server's Priority
+    /// and Fairness sets the pace (what SIG API Machinery recommends, and
+    /// controller-runtime's default since v0.21).
+    pub rate_limit: Option<RateLimit>,
     /// Deadline of every request that is not a watch.
     pub request_timeout: Duration,
     /// The `User-Agent` header, e.g. `name/1.0 (pod-name)`.
     pub user_agent: String,
+}
+
+/// A client-side rate limit (see [`RateLimitLayer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Average requests per second.
+    pub qps: NonZeroU32,
+    /// Requests allowed in a burst above `qps`.
+    pub burst: NonZeroU32,
 }
 
 /// Errors building a client.
@@ -65,11 +74,12 @@ pub fn work_client(
     metrics: &RuntimeMetrics,
 ) -> Result<kube::Client, ClientError> {
     let config = prepared(config, &settings.user_agent)?;
-    let limit =
-        RateLimitLayer::new(settings.qps, settings.burst).counting_waits(metrics.rate_limit_wait());
+    let limit = settings.rate_limit.map(|limit| {
+        RateLimitLayer::new(limit.qps, limit.burst).counting_waits(metrics.rate_limit_wait())
+    });
     Ok(ClientBuilder::try_from(config)
         .map_err(ClientError::Build)?
-        .with_layer(&limit)
+        .with_layer(&tower::util::option_layer(limit))
         .with_layer(&DeadlineLayer::new(settings.request_timeout))
         .with_layer(&CountLayer(metrics.clone()))
         .build())

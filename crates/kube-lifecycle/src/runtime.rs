@@ -157,8 +157,9 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime whose metrics are named `{prefix}_...` and whose build info
     /// reports `version`. Defaults: admin server on `0.0.0.0:8080`, a 25 s
-    /// drain deadline, no readiness checks of the controller's, 50 QPS with
-    /// bursts of 100 and a 10 s request deadline, no leader election.
+    /// drain deadline, no readiness checks of the controller's, no
+    /// client-side rate limit and a 10 s request deadline, no leader
+    /// election.
     pub fn new(prefix: &str, version: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
@@ -249,8 +250,7 @@ impl Runtime {
             .trim_end_matches('/')
             .to_owned();
         let settings = self.client.unwrap_or_else(|| ClientSettings {
-            qps: std::num::NonZeroU32::new(50).unwrap_or(std::num::NonZeroU32::MIN),
-            burst: std::num::NonZeroU32::new(100).unwrap_or(std::num::NonZeroU32::MIN),
+            rate_limit: None,
             request_timeout: Duration::from_secs(10),
             user_agent: format!("{}/{}", self.prefix, self.version),
         });
