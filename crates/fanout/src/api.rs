@@ -43,6 +43,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::crd::Fanout;
 
+/// Objects per page when a watch lists namespaces, copies or the objects of
+/// a source namespace (kube's default is 500): a page is read whole, then
+/// decoded whole, so at 500 Secrets the pages of the watches listing side
+/// by side at start were the controller's peak memory; more, smaller pages
+/// cost a few more requests, once per (re)list.
+pub const LIST_PAGE: u32 = 100;
+/// Objects per page when listing Fanouts, whose statuses can reach
+/// ~200 kB each.
+pub const FANOUT_PAGE: u32 = 20;
+
 /// Attempts of one call, the first included.
 pub const ATTEMPTS: u32 = 3;
 /// The longest `Retry-After` honoured: a server asking for more is treated

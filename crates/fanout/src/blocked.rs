@@ -322,7 +322,9 @@ impl Inner {
 async fn follow<K: CopyKind>(inner: &Arc<Inner>, watched: &Watched) {
     let (kind, name) = watched;
     let api: Api<PartialObjectMeta<K>> = Api::all(inner.client.clone());
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let config = watcher::Config::default()
+        .fields(&format!("metadata.name={name}"))
+        .page_size(crate::api::LIST_PAGE);
     let mut events = watcher(api, config).default_backoff().boxed();
     let target = |object: &PartialObjectMeta<K>| -> Target {
         (*kind, object.namespace().unwrap_or_default(), name.clone())

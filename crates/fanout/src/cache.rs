@@ -17,10 +17,11 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use kube::runtime::watcher::Event;
 
+use crate::copy::Owner;
 use crate::found::Found;
 
 /// A copy's namespace and name.
-type Key = (String, String);
+type Key = (Arc<str>, Arc<str>);
 
 /// Copies of one kind; cheap to clone, every clone is the same cache.
 #[derive(Clone, Debug, Default)]
@@ -33,49 +34,112 @@ struct State {
     objects: Objects,
     /// The relist in progress, swapped in when it ends.
     relist: Option<Objects>,
+    shared: Shared,
 }
 
 #[derive(Debug, Default)]
 struct Objects {
-    by_name: HashMap<Key, Arc<Found>>,
-    by_owner: HashMap<String, HashSet<Key>>,
+    /// By namespace, then name: looked up with borrowed strings.
+    by_name: HashMap<Arc<str>, HashMap<Arc<str>, Arc<Found>>>,
+    by_owner: HashMap<Arc<str>, HashSet<Key>>,
+    len: usize,
+}
+
+/// One copy of each string and owner many objects share: a namespace holds
+/// a copy of each Fanout's, a copy name recurs in every namespace, a
+/// Fanout owns thousands of copies.
+#[derive(Debug, Default)]
+struct Shared {
+    strings: HashSet<Arc<str>>,
+    owners: HashMap<Arc<str>, Arc<Owner>>,
+    /// Removals since the last sweep of what nothing uses any more.
+    removed: usize,
+}
+
+impl Shared {
+    fn string(&mut self, text: &Arc<str>) -> Arc<str> {
+        if let Some(shared) = self.strings.get(text) {
+            return shared.clone();
+        }
+        self.strings.insert(text.clone());
+        text.clone()
+    }
+
+    fn owner(&mut self, owner: &Arc<Owner>) -> Arc<Owner> {
+        let uid = self.string(&Arc::from(owner.uid.as_str()));
+        match self.owners.get(&uid) {
+            Some(shared) if shared == owner => shared.clone(),
+            _ => {
+                self.owners.insert(uid, owner.clone());
+                owner.clone()
+            }
+        }
+    }
+
+    /// `found` with its shared parts replaced by the cache's copies.
+    fn share(&mut self, mut found: Found) -> Found {
+        found.namespace = self.string(&found.namespace);
+        found.name = self.string(&found.name);
+        found.payload.type_ = found.payload.type_.as_ref().map(|t| self.string(t));
+        found.owner = found.owner.as_ref().map(|o| self.owner(o));
+        found
+    }
+
+    /// Forgets what only this registry still holds, once removals have
+    /// piled up (or a relist replaced everything).
+    fn sweep(&mut self, live: usize, force: bool) {
+        if !force && self.removed < live.max(1024) {
+            return;
+        }
+        self.owners.retain(|_, owner| Arc::strong_count(owner) > 1);
+        self.strings.retain(|text| Arc::strong_count(text) > 1);
+        self.removed = 0;
+    }
 }
 
 impl Objects {
-    fn insert(&mut self, found: Found) {
-        let key = (found.namespace.clone(), found.name.clone());
-        self.remove(&key);
+    fn insert(&mut self, found: Arc<Found>) {
+        let key: Key = (found.namespace.clone(), found.name.clone());
+        self.remove(&key.0, &key.1);
         if let Some(owner) = &found.owner {
-            self.by_owner
-                .entry(owner.uid.clone())
-                .or_default()
-                .insert(key.clone());
+            let uid: Arc<str> = Arc::from(owner.uid.as_str());
+            self.by_owner.entry(uid).or_default().insert(key.clone());
         }
-        self.by_name.insert(key, Arc::new(found));
+        self.by_name.entry(key.0).or_default().insert(key.1, found);
+        self.len += 1;
     }
 
-    fn remove(&mut self, key: &Key) -> Option<Arc<Found>> {
-        let found = self.by_name.remove(key)?;
+    fn remove(&mut self, namespace: &str, name: &str) -> Option<Arc<Found>> {
+        let names = self.by_name.get_mut(namespace)?;
+        let found = names.remove(name)?;
+        if names.is_empty() {
+            self.by_name.remove(namespace);
+        }
+        self.len -= 1;
         if let Some(owner) = &found.owner
-            && let Some(copies) = self.by_owner.get_mut(&owner.uid)
+            && let Some(copies) = self.by_owner.get_mut(owner.uid.as_str())
         {
-            copies.remove(key);
+            copies.remove(&(found.namespace.clone(), found.name.clone()));
             if copies.is_empty() {
-                self.by_owner.remove(&owner.uid);
+                self.by_owner.remove(owner.uid.as_str());
             }
         }
         Some(found)
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Option<&Arc<Found>> {
+        self.by_name.get(namespace)?.get(name)
+    }
+
+    fn all(self) -> impl Iterator<Item = Arc<Found>> {
+        self.by_name.into_values().flat_map(HashMap::into_values)
     }
 }
 
 impl CopyCache {
     /// The object named `name` in `namespace`, if cached.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Found>> {
-        self.read()
-            .objects
-            .by_name
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned()
+        self.read().objects.get(namespace, name).cloned()
     }
 
     /// Every object whose labels name the Fanout with this uid.
@@ -87,13 +151,13 @@ impl CopyCache {
             .get(uid)
             .into_iter()
             .flatten()
-            .filter_map(|key| objects.by_name.get(key).cloned())
+            .filter_map(|(namespace, name)| objects.get(namespace, name).cloned())
             .collect()
     }
 
     /// How many objects are cached.
     pub fn len(&self) -> usize {
-        self.read().objects.by_name.len()
+        self.read().objects.len
     }
 
     /// Whether nothing is cached.
@@ -105,21 +169,29 @@ impl CopyCache {
     /// one, or, when a relist ends, those it no longer holds.
     pub fn apply(&self, event: Event<Found>) -> Vec<Arc<Found>> {
         let mut state = self.write();
+        let state = &mut *state;
         match event {
             Event::Apply(found) => {
+                let found = Arc::new(state.shared.share(found));
                 state.objects.insert(found);
                 Vec::new()
             }
-            Event::Delete(found) => state
-                .objects
-                .remove(&(found.namespace, found.name))
-                .into_iter()
-                .collect(),
+            Event::Delete(found) => {
+                let removed: Vec<_> = state
+                    .objects
+                    .remove(&found.namespace, &found.name)
+                    .into_iter()
+                    .collect();
+                state.shared.removed += removed.len();
+                state.shared.sweep(state.objects.len, false);
+                removed
+            }
             Event::Init => {
                 state.relist = Some(Objects::default());
                 Vec::new()
             }
             Event::InitApply(found) => {
+                let found = Arc::new(state.shared.share(found));
                 state
                     .relist
                     .get_or_insert_with(Objects::default)
@@ -129,12 +201,12 @@ impl CopyCache {
             Event::InitDone => {
                 let listed = state.relist.take().unwrap_or_default();
                 let before = std::mem::replace(&mut state.objects, listed);
-                before
-                    .by_name
-                    .into_iter()
-                    .filter(|(key, _)| !state.objects.by_name.contains_key(key))
-                    .map(|(_, found)| found)
-                    .collect()
+                let vanished: Vec<Arc<Found>> = before
+                    .all()
+                    .filter(|found| state.objects.get(&found.namespace, &found.name).is_none())
+                    .collect();
+                state.shared.sweep(state.objects.len, true);
+                vanished
             }
         }
     }
@@ -179,7 +251,7 @@ mod tests {
     }
 
     fn namespaces(found: &[Arc<Found>]) -> Vec<String> {
-        let mut names: Vec<_> = found.iter().map(|f| f.namespace.clone()).collect();
+        let mut names: Vec<_> = found.iter().map(|f| f.namespace.to_string()).collect();
         names.sort();
         names
     }
@@ -198,6 +270,20 @@ mod tests {
         assert_eq!(namespaces(&removed), ["team-a"]);
         assert!(cache.owned_by("u1").is_empty());
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn objects_share_their_namespace_name_and_owner() {
+        let cache = CopyCache::default();
+        cache.apply(Event::Apply(copy("team-a", "u1")));
+        cache.apply(Event::Apply(copy("team-b", "u1")));
+        let a = cache.get("team-a", "creds").unwrap();
+        let b = cache.get("team-b", "creds").unwrap();
+        assert!(Arc::ptr_eq(&a.name, &b.name));
+        assert!(Arc::ptr_eq(
+            a.owner.as_ref().unwrap(),
+            b.owner.as_ref().unwrap()
+        ));
     }
 
     #[test]

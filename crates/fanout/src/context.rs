@@ -17,11 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::core::PartialObjectMeta;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, ResourceExt};
 use kube_lifecycle::health::Watchdog;
 use kube_lifecycle::watch::SyncGate;
 use tokio::sync::{Semaphore, watch};
@@ -34,8 +33,9 @@ use crate::copy::{CopyKind, Owner};
 use crate::crd::Fanout;
 use crate::index::FanoutIndex;
 use crate::metrics::FanoutMetrics;
+use crate::namespaces::NamespaceCache;
 use crate::status::DEFAULT_MAX_TARGETS;
-use crate::targets::{ConsentRule, InvalidSelector, NamespaceView, resolve};
+use crate::targets::{ConsentRule, InvalidSelector, resolve};
 
 /// The controller's caches. Memory is bounded by what the controller owns or
 /// needs, never by the cluster's unrelated Secrets: Fanouts, namespace
@@ -47,8 +47,8 @@ pub struct Stores {
     pub fanouts: Store<Fanout>,
     /// The Fanouts by the sources and namespaces they name.
     pub fanout_index: FanoutIndex,
-    /// Namespace metadata (labels for selectors, and consent).
-    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// What resolution and consent read of every namespace.
+    pub namespaces: NamespaceCache,
     /// Secrets made by any Fanout.
     pub secrets: CopyCache,
     /// ConfigMaps made by any Fanout.
@@ -136,12 +136,8 @@ impl Context {
 
     /// `fanout`'s targets in resolution order, against the cached namespaces.
     pub fn resolve(&self, fanout: &Fanout) -> Result<Vec<String>, InvalidSelector> {
-        let namespaces = self.stores.namespaces.state();
-        let views = namespaces.iter().map(|ns| NamespaceView {
-            name: ns.metadata.name.as_deref().unwrap_or_default(),
-            labels: ns.labels(),
-            terminating: ns.metadata.deletion_timestamp.is_some(),
-        });
+        let namespaces = self.stores.namespaces.all();
+        let views = namespaces.iter().map(|ns| ns.view());
         let own = fanout.metadata.namespace.as_deref().unwrap_or_default();
         resolve(&fanout.spec.targets, own, views)
     }

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::{ByteString, NamespaceResourceScope};
@@ -219,7 +220,7 @@ impl Content {
         encoder.put(&[u8::from(self.type_.is_some())]);
         self.encode_bytes(&mut encoder);
         Payload {
-            type_: self.type_.clone(),
+            type_: self.type_.as_deref().map(Arc::from),
             immutable: self.immutable,
             digest: encoder.finish(),
         }
@@ -262,8 +263,9 @@ impl Encoder {
 /// without holding them. The copy cache keeps this instead of the data.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Payload {
-    /// Secret type (`Opaque` when unset); `None` for ConfigMaps.
-    pub type_: Option<String>,
+    /// Secret type (`Opaque` when unset); `None` for ConfigMaps. Shared:
+    /// the copy cache keeps one of each.
+    pub type_: Option<Arc<str>>,
     /// Whether the object is immutable.
     pub immutable: bool,
     /// SHA-256 of the type, data and binaryData.
@@ -286,6 +288,8 @@ pub struct Desired {
     pub content: Content,
     /// `content.hash()`: the copies' hash annotation.
     pub hash: String,
+    /// The same hash as bytes, as [`crate::found::Found`] keeps it.
+    pub hash_bytes: [u8; 32],
     /// `content.payload()`.
     pub payload: Payload,
 }
@@ -293,12 +297,23 @@ pub struct Desired {
 impl Desired {
     /// What copies of a source with this content hold.
     pub fn new(content: Content) -> Self {
+        let hash = content.hash();
         Self {
-            hash: content.hash(),
+            hash_bytes: parse_hash(&hash).unwrap_or_default(),
             payload: content.payload(),
+            hash,
             content,
         }
     }
+}
+
+/// The bytes of a well-formed hash annotation (`sha256:` and 64 hex
+/// digits); `None` for anything else.
+pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    let hex = text.strip_prefix("sha256:")?;
+    let mut bytes = [0; 32];
+    hex::decode_to_slice(hex, &mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// A kind that can be copied: Secret or ConfigMap.

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -26,7 +27,7 @@ use kube::api::ObjectMeta;
 
 use crate::copy::{
     CONTENT_HASH, CopyKind, Desired, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_VALUE, ORIGIN,
-    OWNER_NAME, OWNER_NAMESPACE, OWNER_UID, Origin, Owner, Payload, SOURCE, SYNCED_AT,
+    OWNER_NAME, OWNER_NAMESPACE, OWNER_UID, Origin, Owner, Payload, SOURCE, SYNCED_AT, parse_hash,
 };
 
 /// Labels every copy carries that `Found` keeps as fields.
@@ -36,39 +37,41 @@ const BOOKKEEPING_LABELS: [&str; 4] = [MANAGED_BY, OWNER_NAMESPACE, OWNER_NAME, 
 const BOOKKEEPING_ANNOTATIONS: [&str; 4] = [CONTENT_HASH, SOURCE, SYNCED_AT, ORIGIN];
 
 /// The object in a target under a copy's name, as the controller remembers
-/// it.
+/// it. Strings many objects share (namespace, name, type, owner) are
+/// shared by the copy cache ([`crate::cache`]), which keeps one of each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Found {
     /// Its namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Its name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Its uid (the delete precondition).
-    pub uid: Option<String>,
+    pub uid: Option<Box<str>>,
     /// Its resourceVersion (the update and release precondition).
-    pub resource_version: Option<String>,
+    pub resource_version: Option<Box<str>>,
     /// Whether it carries `fanout.dev/managed-by=fanout`.
     pub managed: bool,
     /// The Fanout its labels name, if they name one completely.
-    pub owner: Option<Owner>,
-    /// The content hash its annotation records, if any.
-    pub recorded_hash: Option<String>,
-    /// Whether its content hashes to `recorded_hash`: written by a Fanout
-    /// and untouched since. The copy watch wakes the owner of a copy that
-    /// is not.
+    pub owner: Option<Arc<Owner>>,
+    /// The content hash its annotation records, if the annotation is
+    /// there and well-formed (`sha256:` and 64 hex digits).
+    pub recorded_hash: Option<[u8; 32]>,
+    /// Whether its content hashes to the recorded hash: written by a
+    /// Fanout and untouched since. The copy watch wakes the owner of a
+    /// copy that is not.
     pub intact: bool,
     /// Its payload, as a digest.
     pub payload: Payload,
     /// Its labels other than the ownership labels.
-    pub labels: Vec<Entry>,
+    pub labels: Box<[Entry]>,
     /// Its annotations other than the Fanout bookkeeping.
-    pub annotations: Vec<Entry>,
+    pub annotations: Box<[Entry]>,
     /// When a Fanout last wrote it (`fanout.dev/synced-at`).
     pub synced_at: Option<Timestamp>,
     /// How the Fanout that holds it came to (if one does).
     pub origin: Origin,
     /// Why it must never be replaced or deleted, if so.
-    pub protection: Option<String>,
+    pub protection: Option<Box<str>>,
 }
 
 /// One label or annotation of a found object.
@@ -90,16 +93,16 @@ impl Found {
         let labels = object.labels();
         let annotations = object.annotations();
         let content = object.content();
-        let recorded_hash = annotations.get(CONTENT_HASH).cloned();
+        let recorded = annotations.get(CONTENT_HASH);
         Self {
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: object.name_any(),
-            uid: meta.uid.clone(),
-            resource_version: meta.resource_version.clone(),
+            namespace: meta.namespace.as_deref().unwrap_or_default().into(),
+            name: object.name_any().into(),
+            uid: meta.uid.as_deref().map(Box::from),
+            resource_version: meta.resource_version.as_deref().map(Box::from),
             managed: labels.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE),
-            owner: Owner::from_labels(labels),
-            intact: recorded_hash.as_deref() == Some(content.hash().as_str()),
-            recorded_hash,
+            owner: Owner::from_labels(labels).map(Arc::new),
+            intact: recorded.map(String::as_str) == Some(content.hash().as_str()),
+            recorded_hash: recorded.and_then(|hash| parse_hash(hash)),
             payload: content.payload(),
             labels: entries(labels, &BOOKKEEPING_LABELS, &our_labels),
             annotations: entries(annotations, &BOOKKEEPING_ANNOTATIONS, &our_annotations),
@@ -111,7 +114,7 @@ impl Found {
                 .and_then(|t| Timestamp::from_str(t).ok())
                 .and_then(|t| Timestamp::from_second(t.as_second()).ok()),
             origin: Origin::of(annotations),
-            protection: object.protection(),
+            protection: object.protection().map(Box::from),
         }
     }
 
@@ -134,12 +137,12 @@ impl Found {
     /// managed-by label, the three owner labels naming it, and a
     /// well-formed content-hash annotation.
     pub fn carries_markers(&self, owner: &Owner) -> bool {
-        let hashed = self
-            .recorded_hash
-            .as_deref()
-            .and_then(|hash| hash.strip_prefix("sha256:"))
-            .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
-        self.managed && self.owner.as_ref() == Some(owner) && hashed
+        self.managed && self.owner.as_deref() == Some(owner) && self.recorded_hash.is_some()
+    }
+
+    /// `(namespace, name)`, owned.
+    pub fn names(&self) -> (String, String) {
+        (self.namespace.to_string(), self.name.to_string())
     }
 
     /// Adds to `meta` (the copy about to replace this object) the labels
@@ -167,7 +170,11 @@ impl Found {
 
 /// The entries of `map` but the `skipped` keys, each marked with whether
 /// it is in `ours`.
-fn entries(map: &BTreeMap<String, String>, skipped: &[&str], ours: &HashSet<String>) -> Vec<Entry> {
+fn entries(
+    map: &BTreeMap<String, String>,
+    skipped: &[&str],
+    ours: &HashSet<String>,
+) -> Box<[Entry]> {
     map.iter()
         .filter(|(key, _)| !skipped.contains(&key.as_str()))
         .map(|(key, value)| Entry {
@@ -252,7 +259,7 @@ mod tests {
         assert!(found.intact);
         assert!(found.agrees_with(&desired));
         assert!(found.carries_markers(&owner()));
-        assert_eq!(found.owner, Some(owner()));
+        assert_eq!(found.owner.as_deref(), Some(&owner()));
         assert!(
             found.labels.iter().all(|e| e.key == "team"),
             "ownership labels are fields"
@@ -299,7 +306,7 @@ mod tests {
             ByteString(b"changed".to_vec()),
         )]));
         let found = Found::of(&object);
-        assert_eq!(found.recorded_hash.as_deref(), Some(desired.hash.as_str()));
+        assert_eq!(found.recorded_hash, Some(desired.hash_bytes));
         assert!(!found.intact);
         assert!(!found.agrees_with(&desired));
     }

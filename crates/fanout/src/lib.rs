@@ -45,6 +45,7 @@ pub mod found;
 pub mod guard;
 pub mod index;
 pub mod metrics;
+pub mod namespaces;
 pub mod plan;
 pub mod reconcile;
 pub mod status;

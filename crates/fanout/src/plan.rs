@@ -52,8 +52,8 @@ impl Decider<'_> {
         }
         match &found.owner {
             Some(owner) if owner.uid == self.owner.uid => {
-                let current = found.recorded_hash.as_deref() == Some(desired.hash.as_str())
-                    && found.agrees_with(desired);
+                let current =
+                    found.recorded_hash == Some(desired.hash_bytes) && found.agrees_with(desired);
                 if current {
                     Plan::Keep
                 } else {
@@ -329,16 +329,18 @@ mod tests {
     fn keys_others_added_to_our_copy_are_not_drift() {
         let desired = content("v");
         let mut ours = found(Some("me"), content("v"));
-        ours.labels.push(Entry {
+        let mut labels = ours.labels.to_vec();
+        labels.push(Entry {
             key: "policy.example.com/scanned".into(),
             value: "true".into(),
             ours: false,
         });
+        ours.labels = labels.into();
         assert_eq!(
             plan(ConflictPolicy::Skip, &desired, Some(&ours)),
             Plan::Keep
         );
-        ours.recorded_hash = Some("sha256:older".into());
+        ours.recorded_hash = Some([7; 32]);
         assert_eq!(
             plan(ConflictPolicy::Skip, &desired, Some(&ours)),
             Plan::Write(Operation::Update, ORIGIN),

@@ -240,23 +240,19 @@ pub fn classify<K: Cached>(
     let mut entries = Vec::with_capacity(resolved.len());
     let mut work = Vec::new();
     for (index, target) in resolved.iter().enumerate() {
-        let Some(namespace) = ctx.stores.namespaces.get(&ObjectRef::new(target)) else {
+        let Some(namespace) = ctx.stores.namespaces.get(target) else {
             entries.push(status::failed(
                 target,
                 format!("namespace {target} does not exist"),
             ));
             continue;
         };
-        if namespace.metadata.deletion_timestamp.is_some() {
+        if namespace.terminating {
             entries.push(status::failed(
                 target,
                 format!("namespace {target} is being deleted"),
             ));
-        } else if consent.accepts(
-            namespace.labels(),
-            namespace.annotations(),
-            source_namespace,
-        ) {
+        } else if namespace.accepts(consent, source_namespace) {
             if let Some(message) = ctx
                 .blockers
                 .remembered(&fanout, K::KIND, target, &job.copy_name)
@@ -476,9 +472,8 @@ impl<'a> Pass<'a> {
             // only the real copies of them. Refused targets were handled
             // in the batch.
             let targeted: HashSet<&str> = resolved.iter().map(String::as_str).collect();
-            let candidates = write::cached::<K>(self.ctx, &self.uid, |c| {
-                targeted.contains(c.namespace.as_str())
-            });
+            let candidates =
+                write::cached::<K>(self.ctx, &self.uid, |c| targeted.contains(&*c.namespace));
             let stale = self
                 .scope(&resolved)
                 .select::<K>(self.ctx, candidates.iter().map(|c| &**c));

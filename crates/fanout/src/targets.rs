@@ -149,12 +149,13 @@ pub enum ConsentRule {
 }
 
 impl ConsentRule {
-    /// Whether a namespace with these labels and annotations accepts copies
-    /// from `source_namespace`.
+    /// Whether a namespace with these labels and this
+    /// `fanout.dev/accept-from` annotation accepts copies from
+    /// `source_namespace`.
     pub fn accepts(
         self,
         labels: &BTreeMap<String, String>,
-        annotations: &BTreeMap<String, String>,
+        accept_from: Option<&str>,
         source_namespace: &str,
     ) -> bool {
         match self {
@@ -163,8 +164,7 @@ impl ConsentRule {
                 let is_true = |key: &str| labels.get(key).is_some_and(|v| v == "true");
                 is_true(ACCEPT_FROM_ALL)
                     || is_true(&accept_label(source_namespace))
-                    || annotations
-                        .get(ACCEPT_FROM_ANNOTATION)
+                    || accept_from
                         .is_some_and(|list| list.split(',').any(|ns| ns.trim() == source_namespace))
             }
         }
@@ -342,8 +342,8 @@ mod consent_tests {
     fn label_for_the_source_namespace_accepts_only_that_one() {
         let labels = map(&[("fanout.dev/accept-from.platform", "true")]);
         let rule = ConsentRule::Required;
-        assert!(rule.accepts(&labels, &map(&[]), "platform"));
-        assert!(!rule.accepts(&labels, &map(&[]), "other"));
+        assert!(rule.accepts(&labels, None, "platform"));
+        assert!(!rule.accepts(&labels, None, "other"));
     }
 
     #[test]
@@ -352,33 +352,34 @@ mod consent_tests {
             ("fanout.dev/accept-from.platform", "false"),
             (ACCEPT_FROM_ALL, "yes"),
         ]);
-        assert!(!ConsentRule::Required.accepts(&labels, &map(&[]), "platform"));
+        assert!(!ConsentRule::Required.accepts(&labels, None, "platform"));
     }
 
     #[test]
     fn accept_from_all_accepts_every_source() {
         let labels = map(&[(ACCEPT_FROM_ALL, "true")]);
-        assert!(ConsentRule::Required.accepts(&labels, &map(&[]), "anything"));
+        assert!(ConsentRule::Required.accepts(&labels, None, "anything"));
     }
 
     #[test]
     fn annotation_lists_long_source_namespaces() {
         let long = "a-source-namespace-whose-name-is-far-too-long-for-a-label-key";
         assert!(accept_label(long).len() - "fanout.dev/".len() > 63);
-        let annotations = map(&[(ACCEPT_FROM_ANNOTATION, &format!("other, {long}"))]);
-        assert!(ConsentRule::Required.accepts(&map(&[]), &annotations, long));
-        assert!(ConsentRule::Required.accepts(&map(&[]), &annotations, "other"));
-        assert!(!ConsentRule::Required.accepts(&map(&[]), &annotations, "oth"));
+        let annotation = format!("other, {long}");
+        let accept_from = Some(annotation.as_str());
+        assert!(ConsentRule::Required.accepts(&map(&[]), accept_from, long));
+        assert!(ConsentRule::Required.accepts(&map(&[]), accept_from, "other"));
+        assert!(!ConsentRule::Required.accepts(&map(&[]), accept_from, "oth"));
     }
 
     #[test]
     fn not_required_accepts_everything() {
-        assert!(ConsentRule::NotRequired.accepts(&map(&[]), &map(&[]), "platform"));
+        assert!(ConsentRule::NotRequired.accepts(&map(&[]), None, "platform"));
     }
 
     #[test]
     fn no_consent_by_default() {
-        assert!(!ConsentRule::Required.accepts(&map(&[]), &map(&[]), "platform"));
+        assert!(!ConsentRule::Required.accepts(&map(&[]), None, "platform"));
     }
 }
 

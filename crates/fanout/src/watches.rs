@@ -36,7 +36,7 @@
 //! of an object that no longer exists.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -47,7 +47,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Event;
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -57,6 +57,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::api::{FANOUT_PAGE, LIST_PAGE};
 use crate::cache::CopyCache;
 use crate::context::{Cached, Running, Stores};
 use crate::copy::{COPIES_SELECTOR, CopyKind, Owner};
@@ -64,7 +65,7 @@ use crate::crd::{Fanout, SourceKind};
 use crate::found::Found;
 use crate::index::{FanoutIndex, SourceKey, SourceScope};
 use crate::metrics::FanoutMetrics;
-use crate::targets::ACCEPT_FROM_ANNOTATION;
+use crate::namespaces::{NamespaceCache, NamespaceRecord};
 
 /// The watch of Fanouts, by its name in the `caches-synced` gate.
 pub const FANOUTS: &str = "fanouts";
@@ -98,11 +99,10 @@ impl Watches {
         synced: SyncGate,
     ) -> Self {
         let (fanout_store, fanout_writer, fanout_index) = fanouts;
-        let (namespace_store, namespace_writer) = reflector::store();
         let stores = Stores {
             fanouts: fanout_store.clone(),
             fanout_index: fanout_index.clone(),
-            namespaces: namespace_store.clone(),
+            namespaces: NamespaceCache::default(),
             secrets: CopyCache::default(),
             config_maps: CopyCache::default(),
             synced: synced.clone(),
@@ -121,8 +121,7 @@ impl Watches {
             ),
             namespaces: namespace_requests(
                 client,
-                namespace_store,
-                namespace_writer,
+                stores.namespaces.clone(),
                 fanout_index,
                 synced.register(NAMESPACES),
             ),
@@ -213,7 +212,7 @@ fn fanout_requests(
     followers: FanoutFollowers,
     listed: Tracker,
 ) -> BoxStream<'static, ObjectRef<Fanout>> {
-    let mut config = watcher::Config::default();
+    let mut config = watcher::Config::default().page_size(FANOUT_PAGE);
     if let Some(selector) = selector {
         config = config.labels(selector);
     }
@@ -237,84 +236,70 @@ fn fanout_requests(
         .boxed()
 }
 
-/// Only what the controller reads of a namespace: its labels (selectors,
-/// consent), the consent annotation, and whether it is being deleted.
-/// Other annotations (often large) are dropped before caching.
-fn trim_namespace(namespace: &mut PartialObjectMeta<Namespace>) {
-    let meta = &mut namespace.metadata;
-    meta.managed_fields = None;
-    if let Some(annotations) = &mut meta.annotations {
-        annotations.retain(|key, _| key == ACCEPT_FROM_ANNOTATION);
-    }
-}
-
 /// Whether a namespace change can matter to a Fanout: what the cache held
 /// before (`None`: nothing) against what it holds now (`None`: deleted).
-fn namespace_matters(
-    before: Option<&PartialObjectMeta<Namespace>>,
-    now: Option<&PartialObjectMeta<Namespace>>,
-) -> bool {
-    match (before, now) {
-        (Some(before), Some(now)) => {
-            before.metadata.labels != now.metadata.labels
-                || before.metadata.annotations != now.metadata.annotations
-                || before.metadata.deletion_timestamp.is_some()
-                    != now.metadata.deletion_timestamp.is_some()
-        }
-        (None, None) => false,
-        _ => true,
-    }
+/// The records hold only labels, consent and deletion, so any difference
+/// is one of those.
+fn namespace_matters(before: Option<&NamespaceRecord>, now: Option<&NamespaceRecord>) -> bool {
+    before != now
 }
 
 fn namespace_requests(
     client: &Client,
-    cache: Store<PartialObjectMeta<Namespace>>,
-    mut writer: Writer<PartialObjectMeta<Namespace>>,
+    cache: NamespaceCache,
     fanouts: FanoutIndex,
     listed: Tracker,
 ) -> BoxStream<'static, ObjectRef<Fanout>> {
-    // The cached namespaces when a relist began: those missing once it ends
-    // were deleted while the watch was down. The first list requests
-    // nothing: every Fanout is reconciled at start anyway.
-    let mut before_relist: Vec<Arc<PartialObjectMeta<Namespace>>> = Vec::new();
+    // The first list requests nothing: every Fanout is reconciled at start
+    // anyway. Later relists (after the watch was down) request what changed.
     let mut listed_before = false;
     watcher(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        watcher::Config::default(),
+        watcher::Config::default().page_size(LIST_PAGE),
     )
     .default_backoff()
-    .modify(trim_namespace)
     .filter_map(move |event| {
         let requests = match event {
             Ok(event) => {
-                // Compare with the cached (previous) state before updating
-                // it: a namespace that stops matching matters as much as
-                // one that starts.
-                let mut requests = match &event {
-                    Event::Apply(ns) => namespace_event_requests(&fanouts, &cache, ns, true),
-                    Event::InitApply(ns) if listed_before => {
-                        namespace_event_requests(&fanouts, &cache, ns, true)
-                    }
-                    Event::Delete(ns) => namespace_event_requests(&fanouts, &cache, ns, false),
-                    _ => Vec::new(),
+                let event = record_event(event);
+                let now = match &event {
+                    Event::Apply(ns) | Event::InitApply(ns) => Some(ns.clone()),
+                    _ => None,
                 };
-                writer.apply_watcher_event(&event);
-                match event {
-                    Event::Init => before_relist = cache.state(),
-                    Event::InitDone => {
-                        listed.listed();
-                        listed_before = true;
-                        for gone in std::mem::take(&mut before_relist) {
-                            if cache.get(&ObjectRef::from_obj(&*gone)).is_none() {
-                                requests.extend(fanouts.mentioning(
-                                    &gone.name_any(),
-                                    gone.labels(),
-                                    None,
-                                ));
-                            }
-                        }
-                    }
-                    _ => {}
+                let deleted = match &event {
+                    Event::Delete(ns) => Some(ns.name.clone()),
+                    _ => None,
+                };
+                let relisted = matches!(event, Event::InitApply(_));
+                let done = matches!(event, Event::InitDone);
+                let change = cache.apply(event);
+                let mut requests = Vec::new();
+                // A namespace that stops matching matters as much as one
+                // that starts: both its labels before and now are asked.
+                if (!relisted || listed_before)
+                    && (now.is_some() || deleted.is_some())
+                    && namespace_matters(change.before.as_deref(), now.as_ref())
+                {
+                    let name = now
+                        .as_ref()
+                        .map(|n| n.name.clone())
+                        .or(deleted)
+                        .unwrap_or_default();
+                    let empty = BTreeMap::new();
+                    let labels = now.as_ref().map_or(&empty, |n| &n.labels);
+                    requests.extend(fanouts.mentioning(
+                        &name,
+                        labels,
+                        change.before.as_ref().map(|b| &b.labels),
+                    ));
+                }
+                // Deleted while the watch was down: no Delete event says so.
+                for gone in &change.vanished {
+                    requests.extend(fanouts.mentioning(&gone.name, &gone.labels, None));
+                }
+                if done {
+                    listed.listed();
+                    listed_before = true;
                 }
                 requests
             }
@@ -329,24 +314,15 @@ fn namespace_requests(
     .boxed()
 }
 
-/// The Fanouts a namespace event may concern: none unless its labels,
-/// consent or deletion changed; then those that name it or select it with
-/// its labels before or after.
-fn namespace_event_requests(
-    fanouts: &FanoutIndex,
-    cache: &Store<PartialObjectMeta<Namespace>>,
-    namespace: &PartialObjectMeta<Namespace>,
-    exists: bool,
-) -> Vec<ObjectRef<Fanout>> {
-    let previous = cache.get(&ObjectRef::from_obj(namespace));
-    if !namespace_matters(previous.as_deref(), exists.then_some(namespace)) {
-        return Vec::new();
+/// A watch event about namespace metadata as one about what is kept of it.
+fn record_event(event: Event<PartialObjectMeta<Namespace>>) -> Event<NamespaceRecord> {
+    match event {
+        Event::Apply(ns) => Event::Apply(NamespaceRecord::of(&ns)),
+        Event::Delete(ns) => Event::Delete(NamespaceRecord::of(&ns)),
+        Event::Init => Event::Init,
+        Event::InitApply(ns) => Event::InitApply(NamespaceRecord::of(&ns)),
+        Event::InitDone => Event::InitDone,
     }
-    fanouts.mentioning(
-        &namespace.name_any(),
-        namespace.labels(),
-        previous.as_ref().map(|p| p.labels()),
-    )
 }
 
 fn copy_requests<K: Cached>(
@@ -355,7 +331,9 @@ fn copy_requests<K: Cached>(
     fanouts: Store<Fanout>,
     listed: Tracker,
 ) -> BoxStream<'static, ObjectRef<Fanout>> {
-    let config = watcher::Config::default().labels(COPIES_SELECTOR);
+    let config = watcher::Config::default()
+        .labels(COPIES_SELECTOR)
+        .page_size(LIST_PAGE);
     // The whole object arrives (its content is what drift is judged on);
     // only what decisions need is kept (see `crate::found`).
     watcher(Api::<K>::all(client.clone()), config)
@@ -552,7 +530,7 @@ async fn watch_source(inner: Arc<Inner>, scope: SourceScope) {
 
 async fn follow<K: CopyKind>(inner: &Inner, scope: &SourceScope) {
     let api: Api<PartialObjectMeta<K>> = Api::namespaced(inner.client.clone(), &scope.namespace);
-    let mut events = watcher(api, watcher::Config::default())
+    let mut events = watcher(api, watcher::Config::default().page_size(LIST_PAGE))
         .default_backoff()
         .boxed();
     // The named sources that showed up in the current (re)list, and whether

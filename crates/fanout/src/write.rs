@@ -34,7 +34,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use kube_lifecycle::batch::{self, BatchOptions, ItemOutcome};
 use std::sync::Arc;
@@ -304,7 +303,8 @@ impl<'a> Writer<'a> {
         match (operation, current) {
             (Operation::Update | Operation::Adopt, Some(current)) => {
                 current.keep_foreign_metadata(desired.meta_mut());
-                desired.meta_mut().resource_version = current.resource_version.clone();
+                desired.meta_mut().resource_version =
+                    current.resource_version.as_deref().map(str::to_owned);
                 self.request(operation, &object, || {
                     api.replace(&job.copy_name, &create, &desired)
                 })
@@ -313,8 +313,8 @@ impl<'a> Writer<'a> {
             (Operation::Recreate, Some(current)) => {
                 let params = DeleteParams {
                     preconditions: Some(Preconditions {
-                        uid: current.uid.clone(),
-                        resource_version: current.resource_version.clone(),
+                        uid: current.uid.as_deref().map(str::to_owned),
+                        resource_version: current.resource_version.as_deref().map(str::to_owned),
                     }),
                     ..DeleteParams::default()
                 };
@@ -428,7 +428,8 @@ pub fn conflict(namespace: &str, message: String, blocker: Option<&Found>) -> Do
         },
         operation: None,
         blocked: Some(Judged {
-            resource_version: blocker.and_then(|b| b.resource_version.clone()),
+            resource_version: blocker
+                .and_then(|b| b.resource_version.as_deref().map(str::to_owned)),
             message,
         }),
     }
@@ -469,8 +470,7 @@ impl Scope<'_> {
     /// `object` (of kind `K`) as a copy this Fanout may let go of, or why
     /// it is not one.
     pub fn admits<K: Cached>(&self, ctx: &Context, object: &Found) -> Result<CopyRef, String> {
-        let namespace = object.namespace.clone();
-        let name = object.name.clone();
+        let (namespace, name) = object.names();
         if K::KIND != self.kind || name != self.copy_name {
             return Err(format!(
                 "{} {namespace}/{name} is not what this Fanout writes ({} {})",
@@ -499,8 +499,8 @@ impl Scope<'_> {
             kind: K::KIND,
             namespace,
             name,
-            uid: object.uid.clone(),
-            resource_version: object.resource_version.clone(),
+            uid: object.uid.as_deref().map(str::to_owned),
+            resource_version: object.resource_version.as_deref().map(str::to_owned),
             origin: object.origin,
         })
     }
@@ -509,11 +509,8 @@ impl Scope<'_> {
     fn accepts_copies(&self, ctx: &Context, namespace: &str) -> bool {
         ctx.stores
             .namespaces
-            .get(&ObjectRef::new(namespace))
-            .is_some_and(|ns| {
-                self.consent
-                    .accepts(ns.labels(), ns.annotations(), &self.owner.namespace)
-            })
+            .get(namespace)
+            .is_some_and(|ns| ns.accepts(self.consent, &self.owner.namespace))
     }
 
     /// Of `objects`, the copies this Fanout may let go of; the others are
