@@ -31,7 +31,7 @@ use crate::blocked::Blockers;
 use crate::cache::CopyCache;
 use crate::copy::{CopyKind, Owner};
 use crate::crd::Fanout;
-use crate::index::FanoutIndex;
+use crate::index::{FanoutIndex, SourceVersions};
 use crate::metrics::FanoutMetrics;
 use crate::namespaces::NamespaceCache;
 use crate::status::DEFAULT_MAX_TARGETS;
@@ -47,6 +47,8 @@ pub struct Stores {
     pub fanouts: Store<Fanout>,
     /// The Fanouts by the sources and namespaces they name.
     pub fanout_index: FanoutIndex,
+    /// Each source's resourceVersion as a pass last read it.
+    pub source_versions: SourceVersions,
     /// What resolution and consent read of every namespace.
     pub namespaces: NamespaceCache,
     /// Secrets made by any Fanout.

@@ -211,7 +211,9 @@ pub enum ConflictPolicy {
 /// then Synced), and the chosen entries are always written in resolution
 /// order. `targetsOmitted` counts the entries left out, and `summary` always
 /// counts every target, so no count is ever lost. Messages are cut to 256
-/// characters for the same reason.
+/// characters for the same reason. While a pass is running, its status
+/// writes list only the targets that need attention (the counts move, the
+/// full list is written when the pass ends).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct FanoutStatus {
@@ -224,13 +226,18 @@ pub struct FanoutStatus {
     /// Counts over all resolved targets (never capped).
     #[serde(default)]
     pub summary: Summary,
-    /// Per-target results in resolution order (capped; see the type's doc).
+    /// Per-target results in resolution order (capped, and only those that
+    /// need attention while a pass runs; see the type's doc).
     #[serde(default)]
     pub targets: Vec<TargetStatus>,
-    /// How many resolved targets `targets` leaves out because of the cap.
+    /// How many resolved targets `targets` leaves out (the cap, or a pass
+    /// still running).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub targets_omitted: u32,
-    /// `Ready`, with `observedGeneration`.
+    /// kstatus conditions, each with `observedGeneration`: `Ready` always;
+    /// `Reconciling` (True) while the controller is still converging on its
+    /// own, `Stalled` (True) when it cannot without someone acting; both
+    /// left out when False.
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }

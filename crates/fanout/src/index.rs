@@ -10,14 +10,14 @@
 //! watch (per event, rebuilt after a relist) and read by the request
 //! streams.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::crd::{Fanout, SourceKind, Targets};
-use crate::targets;
+use crate::targets::{self, Labels};
 
 /// One source object: its kind, namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -67,6 +67,37 @@ impl SourceScope {
             namespace: self.namespace.clone(),
             name,
         }
+    }
+}
+
+/// The resourceVersion of each source as a pass last read it; cheap to
+/// clone, every clone is the same record.
+///
+/// A source watch starts when the first Fanout naming its namespace
+/// appears, and the Fanout's first pass may read the source before the
+/// watch has listed it. An edit in between reaches the watch only as the
+/// listed state, not as an event: comparing the listed resourceVersion with
+/// the one the pass read tells that the pass copied an older source.
+#[derive(Clone, Debug, Default)]
+pub struct SourceVersions {
+    read: Arc<Mutex<HashMap<SourceKey, String>>>,
+}
+
+impl SourceVersions {
+    /// A pass read `source` at `version` (`None`: it does not exist).
+    pub fn read(&self, source: SourceKey, version: Option<String>) {
+        let mut read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        match version {
+            Some(version) => read.insert(source, version),
+            None => read.remove(&source),
+        };
+    }
+
+    /// Whether a pass read `source` at a version other than `version`.
+    pub fn differs(&self, source: &SourceKey, version: Option<&str>) -> bool {
+        let read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        read.get(source)
+            .is_some_and(|seen| Some(seen.as_str()) != version)
     }
 }
 
@@ -154,8 +185,8 @@ impl FanoutIndex {
     pub fn mentioning(
         &self,
         name: &str,
-        labels: &BTreeMap<String, String>,
-        previous: Option<&BTreeMap<String, String>>,
+        labels: &Labels,
+        previous: Option<&Labels>,
     ) -> Vec<ObjectRef<Fanout>> {
         let state = self.lock();
         let mut found: HashSet<ObjectRef<Fanout>> =
@@ -164,8 +195,7 @@ impl FanoutIndex {
             let Some(named) = state.entries.get(key) else {
                 continue;
             };
-            let selects =
-                |labels: &BTreeMap<String, String>| targets::mentions(&named.targets, name, labels);
+            let selects = |labels: &Labels| targets::mentions(&named.targets, name, labels);
             if selects(labels) || previous.is_some_and(selects) {
                 found.insert(key.clone());
             }
@@ -234,6 +264,8 @@ impl FanoutState {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::crd::{FanoutSpec, NamespaceSelector, SourceRef};
 
@@ -262,8 +294,8 @@ mod tests {
         fanout
     }
 
-    fn labels(tier: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([("tier".into(), tier.into())])
+    fn labels(tier: &str) -> Labels {
+        Labels::from(&BTreeMap::from([("tier".to_owned(), tier.to_owned())]))
     }
 
     #[test]
@@ -303,5 +335,24 @@ mod tests {
             "no scope left"
         );
         assert!(index.scopes().is_empty());
+    }
+
+    #[test]
+    fn a_listed_source_differs_only_from_a_version_a_pass_read() {
+        let versions = SourceVersions::default();
+        let creds = SourceKey {
+            kind: SourceKind::Secret,
+            namespace: "platform".into(),
+            name: "creds".into(),
+        };
+        assert!(!versions.differs(&creds, Some("7")), "no pass read it yet");
+        versions.read(creds.clone(), Some("7".into()));
+        assert!(!versions.differs(&creds, Some("7")));
+        assert!(
+            versions.differs(&creds, Some("8")),
+            "edited after the pass read it"
+        );
+        versions.read(creds.clone(), None);
+        assert!(!versions.differs(&creds, Some("8")), "the pass found none");
     }
 }

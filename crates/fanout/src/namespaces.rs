@@ -9,7 +9,7 @@
 //! and whether the namespace is being deleted. Like the copy cache, a
 //! relist is collected aside and swapped in whole when it ends.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -17,7 +17,7 @@ use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::Event;
 
-use crate::targets::{ACCEPT_FROM_ANNOTATION, ConsentRule, NamespaceView};
+use crate::targets::{ACCEPT_FROM_ANNOTATION, ConsentRule, Labels, NamespaceView};
 
 /// What the controller keeps of one namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct NamespaceRecord {
     /// Its name.
     pub name: String,
     /// Its labels (selectors and consent read them).
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// Its `fanout.dev/accept-from` annotation, if any.
     pub accept_from: Option<String>,
     /// Whether it is being deleted.
@@ -37,7 +37,7 @@ impl NamespaceRecord {
     pub fn of(namespace: &PartialObjectMeta<Namespace>) -> Self {
         Self {
             name: namespace.name_any(),
-            labels: namespace.labels().clone(),
+            labels: Labels::from(namespace.labels()),
             accept_from: namespace.annotations().get(ACCEPT_FROM_ANNOTATION).cloned(),
             terminating: namespace.metadata.deletion_timestamp.is_some(),
         }
@@ -154,6 +154,8 @@ impl NamespaceCache {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use kube::api::ObjectMeta;
 
     use super::*;
@@ -208,7 +210,7 @@ mod tests {
                 .is_none()
         );
         let change = cache.apply(Event::Apply(namespace("a", &[("v", "2")], &[])));
-        assert_eq!(change.before.unwrap().labels["v"], "1");
+        assert_eq!(change.before.unwrap().labels.get("v"), Some("1"));
         cache.apply(Event::Apply(namespace("b", &[], &[])));
         cache.apply(Event::Init);
         cache.apply(Event::InitApply(namespace("a", &[("v", "2")], &[])));

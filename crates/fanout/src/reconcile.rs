@@ -57,6 +57,7 @@ use crate::copy::{Desired, OWNER_UID, Operation, Owner};
 use crate::crd::{Fanout, FanoutStatus, SourceKind, TargetState, TargetStatus};
 use crate::events::{self, Notice};
 use crate::found::Found;
+use crate::index::SourceKey;
 use crate::metrics::ReconcileResult;
 use crate::plan::Plan;
 use crate::status::{self, StatusError, StatusWriter, Verdict};
@@ -499,11 +500,17 @@ impl<'a> Pass<'a> {
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let name = &self.fanout.spec.source.name;
         let object = describe::<K>(&self.namespace, name);
-        self.ctx
+        let source = self
+            .ctx
             .caller(self.cancel)
             .call("read", &object, || api.get_opt(name))
             .await
-            .map_err(PassError::ReadSource)
+            .map_err(PassError::ReadSource)?;
+        if let Some(key) = SourceKey::of(&self.fanout) {
+            let version = source.as_ref().and_then(|s| s.resource_version());
+            self.ctx.stores.source_versions.read(key, version);
+        }
+        Ok(source)
     }
 
     fn resolve(&self) -> Result<Vec<String>, targets::InvalidSelector> {

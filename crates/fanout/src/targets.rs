@@ -27,10 +27,71 @@
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-use kube::core::{Selector, SelectorExt};
+use kube::core::Selector;
 
 use crate::crd::{NamespaceSelector, SelectorOperator, TargetState, TargetStatus, Targets};
 use crate::status;
+
+/// A namespace's labels as the controller keeps them: sorted pairs in one
+/// boxed slice. The controller keeps the labels of every namespace in the
+/// cluster, and a `BTreeMap` spends a 540-byte node on the usual three.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
+
+impl Labels {
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+
+    /// How many labels there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&BTreeMap<String, String>> for Labels {
+    fn from(map: &BTreeMap<String, String>) -> Self {
+        // A BTreeMap iterates in key order: the slice comes out sorted.
+        Self(
+            map.iter()
+                .map(|(k, v)| (Box::from(k.as_str()), Box::from(v.as_str())))
+                .collect(),
+        )
+    }
+}
+
+/// Whether `labels` satisfy `selector`, with Kubernetes' label selector
+/// semantics: every `matchLabels` pair present with its value; `In`, the
+/// key set to one of the values; `NotIn`, the key absent or set to none of
+/// them; `Exists` and `DoesNotExist`, the key present or not. (kube's
+/// `Selector` matches only a `BTreeMap`, which the compact [`Labels`] are
+/// not; selectors are validated with it, see [`resolve`].)
+pub fn selects(selector: &NamespaceSelector, labels: &Labels) -> bool {
+    let pairs_hold = selector
+        .match_labels
+        .iter()
+        .all(|(key, value)| labels.get(key) == Some(value.as_str()));
+    pairs_hold
+        && selector.match_expressions.iter().all(|requirement| {
+            let found = labels.get(&requirement.key);
+            let listed = || found.is_some_and(|v| requirement.values.iter().any(|w| w == v));
+            match requirement.operator {
+                SelectorOperator::In => listed(),
+                SelectorOperator::NotIn => !listed(),
+                SelectorOperator::Exists => found.is_some(),
+                SelectorOperator::DoesNotExist => found.is_none(),
+            }
+        })
+}
 
 /// What resolution needs to know about one namespace in the cluster.
 #[derive(Clone, Copy, Debug)]
@@ -38,7 +99,7 @@ pub struct NamespaceView<'a> {
     /// The namespace's name.
     pub name: &'a str,
     /// Its labels (selectors match on them).
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: &'a Labels,
     /// Whether it is being deleted; such namespaces are never selected.
     pub terminating: bool,
 }
@@ -73,10 +134,10 @@ pub fn resolve<'a>(
         }
     }
     if let Some(selector) = &targets.selector {
-        let selector = to_selector(selector)?;
+        to_selector(selector)?;
         let mut matched: Vec<&str> = namespaces
             .into_iter()
-            .filter(|ns| !ns.terminating && selector.matches(ns.labels))
+            .filter(|ns| !ns.terminating && selects(selector, ns.labels))
             .map(|ns| ns.name)
             .filter(|name| !excluded.contains(name) && !seen.contains(*name))
             .collect();
@@ -91,12 +152,12 @@ pub fn resolve<'a>(
 /// by selector (exclusions aside). Used to map namespace events back to the
 /// Fanouts they may concern; an unevaluable selector counts as a match so the
 /// Fanout gets to report it.
-pub fn mentions(targets: &Targets, name: &str, labels: &BTreeMap<String, String>) -> bool {
+pub fn mentions(targets: &Targets, name: &str, labels: &Labels) -> bool {
     targets.namespaces.iter().any(|n| n == name)
         || targets
             .selector
             .as_ref()
-            .is_some_and(|s| to_selector(s).map_or(true, |s| s.matches(labels)))
+            .is_some_and(|s| to_selector(s).is_err() || selects(s, labels))
 }
 
 /// Converts the CRD's selector into kube's evaluable [`Selector`].
@@ -154,14 +215,14 @@ impl ConsentRule {
     /// `source_namespace`.
     pub fn accepts(
         self,
-        labels: &BTreeMap<String, String>,
+        labels: &Labels,
         accept_from: Option<&str>,
         source_namespace: &str,
     ) -> bool {
         match self {
             Self::NotRequired => true,
             Self::Required => {
-                let is_true = |key: &str| labels.get(key).is_some_and(|v| v == "true");
+                let is_true = |key: &str| labels.get(key) == Some("true");
                 is_true(ACCEPT_FROM_ALL)
                     || is_true(&accept_label(source_namespace))
                     || accept_from
@@ -193,14 +254,18 @@ mod tests {
     use super::*;
     use crate::crd::SelectorRequirement;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
     }
 
-    struct Cluster(Vec<(String, BTreeMap<String, String>, bool)>);
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        Labels::from(&map(pairs))
+    }
+
+    struct Cluster(Vec<(String, Labels, bool)>);
 
     impl Cluster {
         fn views(&self) -> impl Iterator<Item = NamespaceView<'_>> {
@@ -232,7 +297,7 @@ mod tests {
 
     fn selector(pairs: &[(&str, &str)]) -> Option<NamespaceSelector> {
         Some(NamespaceSelector {
-            match_labels: labels(pairs),
+            match_labels: map(pairs),
             match_expressions: vec![],
         })
     }
@@ -325,17 +390,81 @@ mod tests {
         assert!(mentions(&targets, "new", &labels(&[("tier", "apps")])));
         assert!(!mentions(&targets, "new", &labels(&[("tier", "db")])));
     }
+
+    #[test]
+    fn selectors_match_as_kubernetes_matches_them() {
+        use crate::crd::SelectorRequirement;
+        use kube::core::SelectorExt;
+        let requirement = |key: &str, operator, values: &[&str]| SelectorRequirement {
+            key: key.into(),
+            operator,
+            values: values.iter().map(|v| (*v).to_owned()).collect(),
+        };
+        let cases = [
+            (
+                requirement("env", SelectorOperator::In, &["dev", "prod"]),
+                [true, false, false],
+            ),
+            (
+                requirement("env", SelectorOperator::NotIn, &["dev"]),
+                [false, true, true],
+            ),
+            (
+                requirement("env", SelectorOperator::Exists, &[]),
+                [true, true, false],
+            ),
+            (
+                requirement("env", SelectorOperator::DoesNotExist, &[]),
+                [false, false, true],
+            ),
+        ];
+        let namespaces = [
+            labels(&[("env", "dev"), ("tier", "apps")]),
+            labels(&[("env", "test"), ("tier", "apps")]),
+            labels(&[("tier", "apps")]),
+        ];
+        for (requirement, expected) in cases {
+            let selector = NamespaceSelector {
+                match_labels: map(&[("tier", "apps")]),
+                match_expressions: vec![requirement.clone()],
+            };
+            let kube = to_selector(&selector).unwrap();
+            for (labels, expected) in namespaces.iter().zip(expected) {
+                assert_eq!(
+                    selects(&selector, labels),
+                    expected,
+                    "{requirement:?} on {labels:?}"
+                );
+                // The same verdict as kube's own selector on a BTreeMap.
+                let as_map: BTreeMap<String, String> = labels
+                    .0
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                assert_eq!(kube.matches(&as_map), expected);
+            }
+        }
+        let empty = NamespaceSelector {
+            match_labels: BTreeMap::new(),
+            match_expressions: vec![],
+        };
+        assert!(
+            selects(&empty, &Labels::default()),
+            "an empty selector selects everything"
+        );
+    }
 }
 
 #[cfg(test)]
 mod consent_tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
+    fn map(pairs: &[(&str, &str)]) -> Labels {
+        let pairs: BTreeMap<String, String> = pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+            .collect();
+        Labels::from(&pairs)
     }
 
     #[test]

@@ -36,7 +36,7 @@
 //! of an object that no longer exists.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -63,9 +63,10 @@ use crate::context::{Cached, Running, Stores};
 use crate::copy::{COPIES_SELECTOR, CopyKind, Owner};
 use crate::crd::{Fanout, SourceKind};
 use crate::found::Found;
-use crate::index::{FanoutIndex, SourceKey, SourceScope};
+use crate::index::{FanoutIndex, SourceKey, SourceScope, SourceVersions};
 use crate::metrics::FanoutMetrics;
 use crate::namespaces::{NamespaceCache, NamespaceRecord};
+use crate::targets::Labels;
 
 /// The watch of Fanouts, by its name in the `caches-synced` gate.
 pub const FANOUTS: &str = "fanouts";
@@ -102,6 +103,7 @@ impl Watches {
         let stores = Stores {
             fanouts: fanout_store.clone(),
             fanout_index: fanout_index.clone(),
+            source_versions: sources.inner.versions.clone(),
             namespaces: NamespaceCache::default(),
             secrets: CopyCache::default(),
             config_maps: CopyCache::default(),
@@ -285,7 +287,7 @@ fn namespace_requests(
                         .map(|n| n.name.clone())
                         .or(deleted)
                         .unwrap_or_default();
-                    let empty = BTreeMap::new();
+                    let empty = Labels::default();
                     let labels = now.as_ref().map_or(&empty, |n| &n.labels);
                     requests.extend(fanouts.mentioning(
                         &name,
@@ -446,6 +448,7 @@ pub struct SourceWatches {
 struct Inner {
     client: Client,
     fanouts: FanoutIndex,
+    versions: SourceVersions,
     running: Running,
     triggers: UnboundedSender<ObjectRef<Fanout>>,
     stop: CancellationToken,
@@ -474,6 +477,7 @@ impl SourceWatches {
             inner: Arc::new(Inner {
                 client,
                 fanouts,
+                versions: SourceVersions::default(),
                 running,
                 triggers,
                 stop,
@@ -533,11 +537,14 @@ async fn follow<K: CopyKind>(inner: &Inner, scope: &SourceScope) {
     let mut events = watcher(api, watcher::Config::default().page_size(LIST_PAGE))
         .default_backoff()
         .boxed();
-    // The named sources that showed up in the current (re)list, and whether
-    // a list finished before: the first list only matters for sources that
-    // are absent (the Fanout's own event already asked for a reconcile).
+    // The named sources that showed up in the current (re)list, those a
+    // pass read at another version, and whether a list finished before: the
+    // first list matters for sources that are absent, or that changed since
+    // a pass read them (the Fanout's own event already asked for a
+    // reconcile that reads them).
     let mut named = HashSet::new();
     let mut seen_in_list = HashSet::new();
+    let mut changed_in_list = HashSet::new();
     let mut listed_before = false;
     while let Some(event) = events.next().await {
         match event {
@@ -548,6 +555,12 @@ async fn follow<K: CopyKind>(inner: &Inner, scope: &SourceScope) {
             Ok(Event::InitApply(object)) => {
                 let source = scope.source(object.name_any());
                 if named.contains(&source) {
+                    if inner
+                        .versions
+                        .differs(&source, object.resource_version().as_deref())
+                    {
+                        changed_in_list.insert(source.clone());
+                    }
                     seen_in_list.insert(source);
                 }
             }
@@ -555,11 +568,12 @@ async fn follow<K: CopyKind>(inner: &Inner, scope: &SourceScope) {
                 for source in inner.fanouts.sources_in(scope) {
                     if !seen_in_list.contains(&source) {
                         notify(inner, &source, true);
-                    } else if listed_before {
+                    } else if listed_before || changed_in_list.contains(&source) {
                         notify(inner, &source, false);
                     }
                 }
                 seen_in_list.clear();
+                changed_in_list.clear();
                 listed_before = true;
             }
             Ok(Event::Apply(object)) => notify(inner, &scope.source(object.name_any()), false),

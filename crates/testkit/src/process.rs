@@ -541,6 +541,24 @@ impl Metrics {
         (!values.is_empty()).then(|| values.iter().sum())
     }
 
+    /// Every sample of series `name`: its labels (name to value) and value.
+    pub fn samples(&self, name: &str) -> Vec<(std::collections::BTreeMap<String, String>, f64)> {
+        self.text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let value = value.parse().ok()?;
+                let labels = series
+                    .split_once('{')
+                    .map(|(_, rest)| parse_labels(rest.trim_end_matches('}')))
+                    .unwrap_or_default();
+                Some((labels, value))
+            })
+            .collect()
+    }
+
     /// Whether `<prefix>_leader` is 1.
     pub fn leader(&self) -> bool {
         self.get(&format!("{}_leader", self.prefix)) == Some(1.0)
@@ -550,6 +568,34 @@ impl Metrics {
     pub fn text(&self) -> &str {
         &self.text
     }
+}
+
+/// `a="x",b="y"` as a map (values unescaped).
+fn parse_labels(text: &str) -> std::collections::BTreeMap<String, String> {
+    let mut labels = std::collections::BTreeMap::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, escaped)) = chars.next() {
+                        value.push(if escaped == 'n' { '\n' } else { escaped });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        labels.insert(key.trim_start_matches(',').trim().to_owned(), value);
+        rest = &after[end..];
+    }
+    labels
 }
 
 /// CPU time (user + system) used so far by process `pid`, seconds

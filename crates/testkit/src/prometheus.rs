@@ -1,36 +1,68 @@
 //! Debian's Prometheus on 127.0.0.1, as a test harness: started with one
-//! scrape job, queried through its HTTP API, killed on drop. Used by the
-//! scrape test against a controller process and by the node end-to-end test
-//! against pods.
+//! scrape job (and, for alerting tests, a rules file and an Alertmanager),
+//! queried through its HTTP API, killed on drop. Used by the scrape,
+//! dashboard and alerting tests against controller processes and by the
+//! node end-to-end test against pods.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// One sample of an instant query: its labels and value.
 pub type Sample = (serde_json::Value, f64);
+
+/// One series of a range query: its labels and its (unix seconds, value) points.
+pub type Series = (serde_json::Value, Vec<(f64, f64)>);
+
+/// The scrape and rule evaluation interval of every harness Prometheus.
+pub const INTERVAL: Duration = Duration::from_secs(1);
 
 /// A Prometheus server on 127.0.0.1, killed on drop.
 pub struct Prometheus {
     child: Child,
     port: u16,
+    started: SystemTime,
     dir: tempfile::TempDir,
 }
 
 impl Prometheus {
-    /// Starts Prometheus scraping every second with one job, `job` being the
+    /// Starts Prometheus scraping every [`INTERVAL`] with one job, `job` being the
     /// YAML of its targets (e.g. `static_configs: [...]`). `prepare` may
     /// write files the job refers to into the state directory first.
     pub fn start(job: &str, prepare: impl FnOnce(&Path)) -> Prometheus {
+        Prometheus::launch(job, "", prepare)
+    }
+
+    /// [`Prometheus::start`], also evaluating the alerting rules `rules` (a
+    /// rules file's YAML) every [`INTERVAL`] and sending its alerts to the
+    /// Alertmanager at `alertmanager`.
+    pub fn start_alerting(
+        job: &str,
+        rules: &str,
+        alertmanager: SocketAddr,
+        prepare: impl FnOnce(&Path),
+    ) -> Prometheus {
+        let alerting = format!(
+            "rule_files: [rules.yaml]\n\
+             alerting:\n  alertmanagers:\n  - static_configs: [{{targets: ['{alertmanager}']}}]\n"
+        );
+        Prometheus::launch(job, &alerting, |dir| {
+            std::fs::write(dir.join("rules.yaml"), rules).expect("write rules.yaml");
+            prepare(dir);
+        })
+    }
+
+    fn launch(job: &str, extra: &str, prepare: impl FnOnce(&Path)) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         prepare(dir.path());
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n- job_name: fanout\n  {job}\n"
+                "global: {{scrape_interval: {s}s, evaluation_interval: {s}s}}\n\
+                 scrape_configs:\n- job_name: fanout\n  {job}\n{extra}",
+                s = INTERVAL.as_secs()
             ),
         )
         .unwrap();
@@ -53,7 +85,23 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .expect("prometheus (Debian package prometheus; scripts/install-prereqs installs it)");
-        Prometheus { child, port, dir }
+        Prometheus {
+            child,
+            port,
+            started: SystemTime::now(),
+            dir,
+        }
+    }
+
+    /// Its state directory (where `prepare` wrote; a `file_sd_configs`
+    /// file rewritten there is picked up within a second).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// When it was started.
+    pub fn started(&self) -> SystemTime {
+        self.started
     }
 
     /// Prometheus' own log, for failure messages.
@@ -84,6 +132,89 @@ impl Prometheus {
             .filter_map(|sample| {
                 let value = sample["value"][1].as_str()?.parse().ok()?;
                 Some((sample["metric"].clone(), value))
+            })
+            .collect()
+    }
+
+    /// The series a range query returns from `start` to now, one point
+    /// every `step`, or the error Prometheus gave (a PromQL error, or no
+    /// answer).
+    pub async fn query_range(
+        &self,
+        expr: &str,
+        start: SystemTime,
+        step: Duration,
+    ) -> Result<Vec<Series>, String> {
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64()
+                .to_string()
+        };
+        let url = format!("http://127.0.0.1:{}/api/v1/query_range", self.port);
+        let response = reqwest::Client::new()
+            .get(url)
+            .query(&[
+                ("query", expr.to_owned()),
+                ("start", unix(start)),
+                ("end", unix(SystemTime::now())),
+                ("step", step.as_secs_f64().to_string()),
+            ])
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| format!("no answer: {e}"))?;
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| format!("not JSON: {e}"))?;
+        if body["status"] != "success" {
+            return Err(format!("{}: {}", body["errorType"], body["error"]));
+        }
+        Ok(body["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|series| {
+                let points = series["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|point| {
+                        let at = point[0].as_f64()?;
+                        let value = point[1].as_str()?.parse().ok()?;
+                        Some((at, value))
+                    })
+                    .collect();
+                (series["metric"].clone(), points)
+            })
+            .collect())
+    }
+
+    /// The alerts its rules hold now (`GET /api/v1/alerts`): each one's
+    /// name and state (`pending` or `firing`); empty while it is starting.
+    pub async fn alerts(&self) -> Vec<(String, String)> {
+        let url = format!("http://127.0.0.1:{}/api/v1/alerts", self.port);
+        let response = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        let Ok(response) = response else {
+            return Vec::new();
+        };
+        let Ok(body) = response.json::<serde_json::Value>().await else {
+            return Vec::new();
+        };
+        body["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|alert| {
+                Some((
+                    alert["labels"]["alertname"].as_str()?.to_owned(),
+                    alert["state"].as_str()?.to_owned(),
+                ))
             })
             .collect()
     }

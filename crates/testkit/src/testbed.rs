@@ -143,6 +143,13 @@ impl Cluster {
         Cluster::from_kubeconfig(kubeconfig, tools_bin, Some(dir))
     }
 
+    /// A control plane started by someone else (e.g. the benchmark's private
+    /// `scripts/testbed`), reached with its admin kubeconfig, with the pinned
+    /// tools in `tools_bin`. Nothing is torn down by this value.
+    pub fn attach(kubeconfig: &Path, tools_bin: &Path) -> Result<Cluster, String> {
+        Cluster::from_kubeconfig(kubeconfig.to_owned(), tools_bin.to_owned(), None)
+    }
+
     fn from_kubeconfig(
         kubeconfig: PathBuf,
         tools_bin: PathBuf,
@@ -232,6 +239,12 @@ impl Cluster {
             .filter(|event| event["stage"] == "ResponseComplete")
             .map(|event| AuditEvent::from_json(&event))
             .collect()
+    }
+
+    /// The API server's audit log, read incrementally from marks (for
+    /// long runs whose log is large, and rotated at 200 MB).
+    pub fn audit_log(&self) -> crate::audit::AuditLog {
+        crate::audit::AuditLog::new(self.testbed_dir())
     }
 
     /// The testbed directory, if this test binary started its own.
@@ -454,6 +467,12 @@ impl AuditEvent {
             received: time(&event["requestReceivedTimestamp"]),
             completed: time(&event["stageTimestamp"]),
         }
+    }
+
+    /// The event of one parsed line of the audit log (any stage; see
+    /// [`crate::audit`] for reading the log incrementally).
+    pub fn from_audit_json(event: &serde_json::Value) -> AuditEvent {
+        AuditEvent::from_json(event)
     }
 
     /// Whether it changed something (a write verb).

@@ -13,6 +13,12 @@
 //!   rollout stays Synced;
 //! - Debian's Prometheus scrapes every pod behind the metrics Service.
 //!
+//! And `helm upgrade` from the previous chart release to this one
+//! (`upgrade.rs`): copies untouched, old pods drain and exit 0, new pods
+//! Ready, a Fanout created during the upgrade converges.
+//!
+//! The tests take turns, each on a fresh node (one node per machine).
+//!
 //! It needs root and Debian's containerd, runc and CNI plugins (scripts/node
 //! installs what is missing). If the node cannot start, the test FAILS with
 //! scripts/node's reason; set FANOUT_NODE_E2E=0 to opt out explicitly.
@@ -20,6 +26,7 @@
 mod node;
 mod observers;
 mod prometheus;
+mod upgrade;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,7 +55,8 @@ async fn helm_install_runs_ready_pods_and_rollout_restart_drains_them() {
         );
         return;
     }
-    let node = Node::up().unwrap_or_else(|reason| panic!("no real node: {reason}"));
+    let _turn = node::turn().await;
+    let node = Node::up("rollout").unwrap_or_else(|reason| panic!("no real node: {reason}"));
     node.load_image(
         &format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}"),
         Path::new(env!("CARGO_BIN_EXE_fanout")),
@@ -146,60 +154,13 @@ async fn helm_install_runs_ready_pods_and_rollout_restart_drains_them() {
         ],
         NAMESPACE,
     );
-    for pod in &old_pods {
-        testkit::eventually(
-            &format!("{pod} to exit"),
-            GRACE_PERIOD + Duration::from_secs(30),
-            || async { pods.get(pod).exit_code.map(|_| ()) },
-        )
-        .await;
-    }
+    wait_exited(&pods, &old_pods).await;
     println!(
         "rollout restart: {} ms until both old pods had exited",
         restarted.elapsed().as_millis()
     );
 
-    // Each old pod: SIGTERM, the drain phases in order, exit 0 in time.
-    for (pod, follower) in &followers {
-        let record = pods.get(pod);
-        let (Some(deleted), Some(exited)) = (record.deletion_seen, record.exit_seen) else {
-            panic!("{pod}: deletion or exit not seen: {record:?}");
-        };
-        let drain = exited.duration_since(deleted);
-        println!(
-            "{pod}: exit code {:?} {} ms after its deletion (grace period {:?}s)",
-            record.exit_code,
-            drain.as_millis(),
-            record.grace_seconds
-        );
-        assert_eq!(
-            record.exit_code,
-            Some(0),
-            "{pod} did not exit 0:\n{}",
-            follower.log()
-        );
-        assert!(
-            drain < GRACE_PERIOD,
-            "{pod} took {drain:?}, past its grace period"
-        );
-        let phases: Vec<String> = follower
-            .phases()
-            .into_iter()
-            .filter(|p| p != "running")
-            .collect();
-        assert_eq!(
-            phases,
-            [
-                "draining",
-                "work_drained",
-                "lease_released",
-                "admin_stopped"
-            ]
-            .map(String::from),
-            "{pod}'s drain phases:\n{}",
-            follower.log()
-        );
-    }
+    assert_drained(&pods, &followers);
 
     // The new pods are Ready, and one of them leads.
     let new_pods = ready_pods(&node);
@@ -250,6 +211,63 @@ async fn helm_install_runs_ready_pods_and_rollout_restart_drains_them() {
         &["uninstall", RELEASE, "-n", NAMESPACE, "--wait"],
         NAMESPACE,
     );
+}
+
+/// Each old pod: SIGTERM, the drain phases in order, exit 0 within its
+/// grace period.
+fn assert_drained(pods: &PodRecorder, followers: &[(String, LogFollower)]) {
+    for (pod, follower) in followers {
+        let record = pods.get(pod);
+        let (Some(deleted), Some(exited)) = (record.deletion_seen, record.exit_seen) else {
+            panic!("{pod}: deletion or exit not seen: {record:?}");
+        };
+        let drain = exited.duration_since(deleted);
+        println!(
+            "{pod}: exit code {:?} {} ms after its deletion (grace period {:?}s)",
+            record.exit_code,
+            drain.as_millis(),
+            record.grace_seconds
+        );
+        assert_eq!(
+            record.exit_code,
+            Some(0),
+            "{pod} did not exit 0:\n{}",
+            follower.log()
+        );
+        assert!(
+            drain < GRACE_PERIOD,
+            "{pod} took {drain:?}, past its grace period"
+        );
+        let phases: Vec<String> = follower
+            .phases()
+            .into_iter()
+            .filter(|p| p != "running")
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                "draining",
+                "work_drained",
+                "lease_released",
+                "admin_stopped"
+            ]
+            .map(String::from),
+            "{pod}'s drain phases:\n{}",
+            follower.log()
+        );
+    }
+}
+
+/// Waits until each of `old_pods` has exited (its container terminated).
+async fn wait_exited(pods: &PodRecorder, old_pods: &[String]) {
+    for pod in old_pods {
+        testkit::eventually(
+            &format!("{pod} to exit"),
+            GRACE_PERIOD + Duration::from_secs(30),
+            || async { pods.get(pod).exit_code.map(|_| ()) },
+        )
+        .await;
+    }
 }
 
 /// Names of the chart's pods that are Ready and not being deleted.

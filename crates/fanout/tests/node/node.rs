@@ -1,10 +1,16 @@
-//! The real single-node cluster of `scripts/node`, owned by one test binary.
+//! The real single-node cluster of `scripts/node`, owned by one test at a time.
 //!
 //! `Node::up` runs `scripts/node up --dir <own dir>`: the testbed's control
 //! plane plus kube-controller-manager, kube-scheduler, containerd and kubelet.
 //! It is stopped by `Drop` and, should the test binary die without unwinding
 //! (SIGKILL, abort), by a watcher process started first, in its own session,
 //! that waits for this process to end and then runs `scripts/node down`.
+//!
+//! A machine runs one node at a time (its bridge, iptables chains and
+//! kubepods cgroups are machine-wide), so the tests of this binary take
+//! turns ([`turn`]), each on a fresh node: nothing one test installs (a
+//! release, a controller that would reconcile the other's Fanouts) is left
+//! for the next.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -31,10 +37,18 @@ fn script() -> PathBuf {
     testkit::repo_root().join("scripts/node")
 }
 
+/// The turn of one test to run a node; hold it until the node is down.
+pub async fn turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
 impl Node {
-    /// Starts the node (a minute or less when the tools are cached).
-    pub fn up() -> Result<Node, String> {
-        let dir = std::env::temp_dir().join(format!("fanout-node-e2e-{}", std::process::id()));
+    /// Starts a node for the test `name` (a minute or less when the tools
+    /// are cached); call it holding the [`turn`].
+    pub fn up(name: &str) -> Result<Node, String> {
+        let dir =
+            std::env::temp_dir().join(format!("fanout-node-e2e-{}-{name}", std::process::id()));
         down_on_exit(&dir)?;
         let (kubeconfig, tools_bin) = testkit::testbed::script_up(&script(), &dir)?;
         Ok(Node {

@@ -1119,6 +1119,35 @@ fn assert_grants(what: &str, rules: &[PolicyRule], expected: &[(&str, &str, &str
     );
 }
 
+/// NOTES.txt tells the user to watch a rollout's drain in the logs: the
+/// phases it names are the ones the runtime logs and exports
+/// (`kube_lifecycle::shutdown::Phase`), every one a drain goes through, and
+/// no other.
+#[test]
+fn notes_name_the_drain_phases_the_runtime_logs() {
+    use kube_lifecycle::shutdown::Phase;
+    let notes = std::fs::read_to_string(repo_root().join(CHART).join("templates/NOTES.txt"))
+        .expect("read NOTES.txt");
+    let phases: BTreeSet<&str> = Phase::ALL
+        .iter()
+        .filter(|p| **p != Phase::Running)
+        .map(|p| p.as_str())
+        .collect();
+    for phase in &phases {
+        assert!(notes.contains(phase), "NOTES.txt does not name {phase}");
+    }
+    // Phase names are the only snake_case words of NOTES.txt.
+    let named: BTreeSet<&str> = notes
+        .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+        .filter(|w| w.contains('_') && !w.starts_with('_') && !w.ends_with('_'))
+        .collect();
+    assert!(
+        named.is_subset(&phases),
+        "NOTES.txt names phases the runtime does not have: {:?}",
+        named.difference(&phases).collect::<Vec<_>>()
+    );
+}
+
 /// `helm install` into the testbed creates every object the chart promises,
 /// with the values SPEC §5 asks for. No kubelet runs here, so no pod starts:
 /// the test reads the objects, it does not wait for a rollout.
