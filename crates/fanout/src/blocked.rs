@@ -82,6 +82,9 @@ struct Inner {
 struct State {
     targets: HashMap<Target, Blocked>,
     watches: HashMap<Watched, AbortHandle>,
+    /// Targets whose blocker the watch saw go, until a pass judges them:
+    /// the next pass creates the copy at once, without reading first.
+    cleared: HashSet<Target>,
 }
 
 struct Blocked {
@@ -160,6 +163,7 @@ impl Blockers {
         let now = Instant::now();
         let mut state = self.inner.lock();
         let key = (kind, namespace.to_owned(), name.to_owned());
+        state.cleared.remove(&key);
         let entry = state.targets.entry(key).or_insert_with(|| Blocked {
             resource_version: None,
             fanouts: HashMap::new(),
@@ -181,6 +185,15 @@ impl Blockers {
         self.sync_watches(&mut state);
     }
 
+    /// Whether the watch saw the blocker of `kind namespace/name` go since a
+    /// pass last judged it.
+    pub fn cleared(&self, kind: SourceKind, namespace: &str, name: &str) -> bool {
+        self.inner
+            .lock()
+            .cleared
+            .contains(&(kind, namespace.to_owned(), name.to_owned()))
+    }
+
     /// Forgets `fanout`'s blocked targets other than `kind`/`name` in
     /// `namespaces` (a pass ended with exactly these blocked).
     pub fn settle(
@@ -198,6 +211,8 @@ impl Blockers {
             }
             !entry.fanouts.is_empty()
         });
+        // The pass judged every target of this name: none is just cleared.
+        state.cleared.retain(|(k, _, n)| *k != kind || n != name);
         self.sync_watches(&mut state);
     }
 
@@ -269,7 +284,14 @@ impl Inner {
 
     /// The blocker of `target` is gone: forget it, wake its Fanouts.
     fn gone(self: &Arc<Self>, target: &Target) {
-        let removed = self.lock().targets.remove(target);
+        let removed = {
+            let mut state = self.lock();
+            let removed = state.targets.remove(target);
+            if removed.is_some() {
+                state.cleared.insert(target.clone());
+            }
+            removed
+        };
         if let Some(blocked) = removed {
             debug!(namespace = %target.1, "blocker gone; waking the blocked Fanouts");
             self.wake(blocked.fanouts.into_keys());

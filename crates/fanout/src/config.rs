@@ -123,7 +123,7 @@ pub struct Config {
 
     /// Average API requests per second, a client-side limit; 0 turns it off
     /// and lets the API server's Priority and Fairness set the pace.
-    #[arg(long, env = "FANOUT_KUBE_QPS", default_value = "50", value_name = "N")]
+    #[arg(long, env = "FANOUT_KUBE_QPS", default_value = "0", value_name = "N")]
     pub kube_qps: u32,
 
     /// Requests allowed in a burst above --kube-qps (unused when it is 0).

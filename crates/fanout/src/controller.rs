@@ -35,7 +35,7 @@ use kube::runtime::{applier, controller};
 use kube_lifecycle::Handles;
 use kube_lifecycle::health::ReadinessCheck;
 use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -117,13 +117,15 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
         source_requests,
         drain.child_token(),
     );
+    // The Fanout watch failing is the sign to ask discovery again.
+    let fanout_watch_failed = Arc::new(Notify::new());
     let watches = Watches::new(
         &client,
         settings.fanout_selector.as_deref(),
         sources,
         metrics.clone(),
         (fanout_store.clone(), fanout_writer, fanout_index),
-        synced,
+        (synced, fanout_watch_failed.clone()),
     );
     let stores = watches.stores.clone();
     let queue = QueueDepth::new(metrics.clone());
@@ -158,6 +160,7 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
         client.clone(),
         api_server,
         health.readiness_check(CRD_SERVED),
+        fanout_watch_failed,
         drain.clone(),
     ));
     background.spawn(guard::track_source_access_policy(
@@ -231,8 +234,6 @@ pub async fn run(handles: Handles, settings: Settings) -> Result<(), Error> {
 
 /// How often discovery is asked while the CRD is missing.
 const RETRY: Duration = Duration::from_secs(2);
-/// How often it is asked again once served (a deleted CRD turns readiness off).
-const RECHECK: Duration = Duration::from_secs(30);
 
 /// What asking discovery told us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,12 +244,15 @@ enum Answer {
 }
 
 /// Keeps `check` equal to "the Fanout API is served" until `stop` fires.
-/// A request in flight is dropped when `stop` fires, so a hung API server
-/// never holds the drain.
+/// Discovery is asked until it says served, then again only when the Fanout
+/// watch fails (`watch_failed`): a deleted CRD shows there first, and a
+/// converged controller makes no request on a timer. A request in flight is
+/// dropped when `stop` fires, so a hung API server never holds the drain.
 pub async fn track_crd_served(
     client: Client,
     server: String,
     check: ReadinessCheck,
+    watch_failed: Arc<Notify>,
     stop: CancellationToken,
 ) {
     let mut last = None;
@@ -282,9 +286,16 @@ pub async fn track_crd_served(
         }
         last = Some(answer);
         check.set_ready(answer == Answer::Served);
-        tokio::select! {
-            () = tokio::time::sleep(if answer == Answer::Served { RECHECK } else { RETRY }) => {}
-            () = stop.cancelled() => return,
+        if answer == Answer::Served {
+            tokio::select! {
+                () = watch_failed.notified() => {}
+                () = stop.cancelled() => return,
+            }
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep(RETRY) => {}
+                () = stop.cancelled() => return,
+            }
         }
     }
 }

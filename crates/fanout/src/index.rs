@@ -70,34 +70,66 @@ impl SourceScope {
     }
 }
 
-/// The resourceVersion of each source as a pass last read it; cheap to
-/// clone, every clone is the same record.
+/// Each source's resourceVersion as a pass last read it and as its watch
+/// last saw it; cheap to clone, every clone is the same record.
 ///
-/// A source watch starts when the first Fanout naming its namespace
-/// appears, and the Fanout's first pass may read the source before the
-/// watch has listed it. An edit in between reaches the watch only as the
-/// listed state, not as an event: comparing the listed resourceVersion with
-/// the one the pass read tells that the pass copied an older source.
+/// Two uses. A source watch starts when the first Fanout naming its
+/// namespace appears, and the Fanout's first pass may read the source
+/// before the watch has listed it: an edit in between reaches the watch
+/// only as the listed state, not as an event, and comparing the listed
+/// resourceVersion with the one the pass read tells that the pass copied an
+/// older source. And a pass may skip reading a source its watch has seen
+/// at exactly the version this process last read (see
+/// `crate::reconcile`): nothing about it changed.
 #[derive(Clone, Debug, Default)]
 pub struct SourceVersions {
-    read: Arc<Mutex<HashMap<SourceKey, String>>>,
+    state: Arc<Mutex<Versions>>,
+}
+
+#[derive(Debug, Default)]
+struct Versions {
+    read: HashMap<SourceKey, String>,
+    seen: HashMap<SourceKey, String>,
 }
 
 impl SourceVersions {
     /// A pass read `source` at `version` (`None`: it does not exist).
     pub fn read(&self, source: SourceKey, version: Option<String>) {
-        let mut read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.lock();
         match version {
-            Some(version) => read.insert(source, version),
-            None => read.remove(&source),
+            Some(version) => state.read.insert(source, version),
+            None => state.read.remove(&source),
+        };
+    }
+
+    /// The source watch saw `source` at `version` (`None`: deleted).
+    pub fn saw(&self, source: SourceKey, version: Option<String>) {
+        let mut state = self.lock();
+        match version {
+            Some(version) => state.seen.insert(source, version),
+            None => state.seen.remove(&source),
         };
     }
 
     /// Whether a pass read `source` at a version other than `version`.
     pub fn differs(&self, source: &SourceKey, version: Option<&str>) -> bool {
-        let read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
-        read.get(source)
-            .is_some_and(|seen| Some(seen.as_str()) != version)
+        self.lock()
+            .read
+            .get(source)
+            .is_some_and(|read| Some(read.as_str()) != version)
+    }
+
+    /// Whether the watch last saw `source` at the version a pass last read.
+    pub fn unchanged(&self, source: &SourceKey) -> bool {
+        let state = self.lock();
+        state
+            .read
+            .get(source)
+            .is_some_and(|read| state.seen.get(source) == Some(read))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Versions> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -352,6 +384,11 @@ mod tests {
             versions.differs(&creds, Some("8")),
             "edited after the pass read it"
         );
+        assert!(!versions.unchanged(&creds), "the watch has not seen it");
+        versions.saw(creds.clone(), Some("7".into()));
+        assert!(versions.unchanged(&creds));
+        versions.saw(creds.clone(), Some("8".into()));
+        assert!(!versions.unchanged(&creds), "edited since the pass read it");
         versions.read(creds.clone(), None);
         assert!(!versions.differs(&creds, Some("8")), "the pass found none");
     }

@@ -53,7 +53,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::{self, CallError};
 use crate::context::{Cached, Context};
-use crate::copy::{Desired, OWNER_UID, Operation, Owner};
+use crate::copy::{Desired, OWNER_UID, Operation, Owner, parse_hash};
 use crate::crd::{Fanout, FanoutStatus, SourceKind, TargetState, TargetStatus};
 use crate::events::{self, Notice};
 use crate::found::Found;
@@ -277,7 +277,11 @@ pub fn classify<K: Cached>(
                 }
                 Plan::Write(..) => {
                     entries.push(status::pending(target));
-                    let read_first = current.is_none() && was_blocked.contains(target.as_str());
+                    // Blocked when the status was written, and not seen
+                    // cleared by this process: most likely still blocked.
+                    let read_first = current.is_none()
+                        && was_blocked.contains(target.as_str())
+                        && !ctx.blockers.cleared(K::KIND, target, &job.copy_name);
                     work.push((
                         index,
                         if read_first {
@@ -347,6 +351,16 @@ impl<'a> Pass<'a> {
     }
 
     async fn run<K: Cached>(&self) -> Result<Action, PassError> {
+        if self.still_true::<K>() {
+            debug!("the status still holds; nothing to read or write");
+            self.ctx
+                .metrics
+                .set_summary(&self.uid, Some(self.previous.summary));
+            self.ctx.failures.succeeded(&self.key());
+            return Ok(Action::requeue(api::jittered(
+                self.ctx.settings.resync_interval,
+            )));
+        }
         let source_name = &self.fanout.spec.source.name;
         let Some(source) = self.read_source::<K>().await? else {
             let object = describe::<K>(&self.namespace, source_name);
@@ -493,6 +507,65 @@ impl<'a> Pass<'a> {
         writer.finish(last.clone()).await?;
         self.finished(&last, &writes).await;
         Ok(self.next_action(&last, interrupted || prune_left > 0))
+    }
+
+    /// Whether the status on the object still holds, judged from the caches
+    /// alone: the source unchanged since this process last read it (its
+    /// watch saw no other version), the spec unchanged since the status was
+    /// written, every target Synced then, and now still a consenting
+    /// namespace holding this Fanout's copy, untouched (intact) under the
+    /// same hash, with nothing to prune. A pass would then read the source,
+    /// keep every copy and write nothing, so it is skipped: a converged
+    /// Fanout costs no request, the periodic resync included. Anything
+    /// less certain takes the whole pass.
+    fn still_true<K: Cached>(&self) -> bool {
+        let previous = &self.previous;
+        let unchanged_source = SourceKey::of(&self.fanout)
+            .is_some_and(|source| self.ctx.stores.source_versions.unchanged(&source));
+        let Some(hash) = previous.source_hash.as_deref().and_then(parse_hash) else {
+            return false;
+        };
+        let summary = previous.summary;
+        if !unchanged_source
+            || previous.observed_generation != self.fanout.metadata.generation
+            || summary.synced != summary.desired
+        {
+            return false;
+        }
+        let Ok(resolved) = self.resolve() else {
+            return false;
+        };
+        let listed = previous.targets.iter().map(|t| t.namespace.as_str());
+        if resolved.len() != summary.desired as usize
+            || (previous.targets_omitted == 0 && !listed.eq(resolved.iter().map(String::as_str)))
+        {
+            return false;
+        }
+        let consent = self.ctx.consent();
+        let copies = K::cache(&self.ctx.stores);
+        let copy_name = self.fanout.copy_name();
+        let holds = |target: &String| {
+            let accepts = self
+                .ctx
+                .stores
+                .namespaces
+                .get(target)
+                .is_some_and(|ns| !ns.terminating && ns.accepts(consent, &self.namespace));
+            let copy_true = copies.get(target, copy_name).is_some_and(|found| {
+                found.owner.as_ref().is_some_and(|o| o.uid == self.uid)
+                    && found.recorded_hash == Some(hash)
+                    && found.intact
+                    && found.protection.is_none()
+            });
+            accepts && copy_true
+        };
+        let targeted: HashSet<&str> = resolved.iter().map(String::as_str).collect();
+        let nothing_to_prune = !self.fanout.spec.prune
+            || copies
+                .owned_by(&self.uid)
+                .iter()
+                .all(|copy| targeted.contains(&*copy.namespace));
+        resolved.iter().all(holds) && nothing_to_prune
     }
 
     /// The source, by name; `None` if it does not exist.

@@ -52,7 +52,7 @@ use kube::runtime::watcher::Event;
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use kube_lifecycle::watch::{SyncGate, Tracker};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -97,7 +97,7 @@ impl Watches {
         sources: SourceWatches,
         metrics: FanoutMetrics,
         fanouts: (Store<Fanout>, Writer<Fanout>, FanoutIndex),
-        synced: SyncGate,
+        (synced, fanout_watch_failed): (SyncGate, Arc<Notify>),
     ) -> Self {
         let (fanout_store, fanout_writer, fanout_index) = fanouts;
         let stores = Stores {
@@ -118,6 +118,7 @@ impl Watches {
                     index: fanout_index.clone(),
                     sources,
                     metrics,
+                    failed: fanout_watch_failed,
                 },
                 synced.register(FANOUTS),
             ),
@@ -181,6 +182,8 @@ struct FanoutFollowers {
     index: FanoutIndex,
     sources: SourceWatches,
     metrics: FanoutMetrics,
+    /// Told when the watch fails (a deleted CRD, say).
+    failed: Arc<Notify>,
 }
 
 impl FanoutFollowers {
@@ -230,7 +233,10 @@ fn fanout_requests(
                     listed.listed();
                 }
             }
-            Err(error) => warn!(%error, "Fanout watch failed; retrying with backoff"),
+            Err(error) => {
+                warn!(%error, "Fanout watch failed; retrying with backoff");
+                followers.failed.notify_one();
+            }
         })
         .applied_objects()
         .predicate_filter(fanout_changed, PredicateConfig::default())
@@ -555,12 +561,11 @@ async fn follow<K: CopyKind>(inner: &Inner, scope: &SourceScope) {
             Ok(Event::InitApply(object)) => {
                 let source = scope.source(object.name_any());
                 if named.contains(&source) {
-                    if inner
-                        .versions
-                        .differs(&source, object.resource_version().as_deref())
-                    {
+                    let version = object.resource_version();
+                    if inner.versions.differs(&source, version.as_deref()) {
                         changed_in_list.insert(source.clone());
                     }
+                    inner.versions.saw(source.clone(), version);
                     seen_in_list.insert(source);
                 }
             }
@@ -576,8 +581,18 @@ async fn follow<K: CopyKind>(inner: &Inner, scope: &SourceScope) {
                 changed_in_list.clear();
                 listed_before = true;
             }
-            Ok(Event::Apply(object)) => notify(inner, &scope.source(object.name_any()), false),
-            Ok(Event::Delete(object)) => notify(inner, &scope.source(object.name_any()), true),
+            Ok(Event::Apply(object)) => {
+                let source = scope.source(object.name_any());
+                if notify(inner, &source, false) {
+                    inner.versions.saw(source, object.resource_version());
+                }
+            }
+            Ok(Event::Delete(object)) => {
+                let source = scope.source(object.name_any());
+                if notify(inner, &source, true) {
+                    inner.versions.saw(source, None);
+                }
+            }
             Err(error) => warn!(%error, "source watch failed; retrying with backoff"),
         }
     }
@@ -586,9 +601,11 @@ async fn follow<K: CopyKind>(inner: &Inner, scope: &SourceScope) {
 /// Requests a reconcile of every Fanout naming `source`; when the source is
 /// gone, first cancels their running passes. Objects nobody names are
 /// ignored (one lookup: most events of a source namespace are about other
-/// objects).
-fn notify(inner: &Inner, source: &SourceKey, gone: bool) {
-    for fanout_ref in inner.fanouts.naming(source) {
+/// objects). Whether any Fanout names it.
+fn notify(inner: &Inner, source: &SourceKey, gone: bool) -> bool {
+    let fanouts = inner.fanouts.naming(source);
+    let named = !fanouts.is_empty();
+    for fanout_ref in fanouts {
         if gone && inner.running.cancel(&fanout_ref) {
             info!(fanout = %fanout_ref, "source is gone: cancelled the running reconcile");
         }
@@ -596,4 +613,5 @@ fn notify(inner: &Inner, source: &SourceKey, gone: bool) {
         // needs the request.
         let _ = inner.triggers.unbounded_send(fanout_ref);
     }
+    named
 }
