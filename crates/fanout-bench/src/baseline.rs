@@ -44,3 +44,46 @@ pub async fn create_copies(
         .await?;
     Ok(started.elapsed())
 }
+
+/// [`create_copies`], but a create answered 429 (API Priority and Fairness)
+/// is retried after a second, as client-go does without a Retry-After;
+/// returns the time and how many 429s there were.
+pub async fn create_copies_retrying(
+    client: &Client,
+    n: usize,
+    concurrency: usize,
+    name: &str,
+    run: &str,
+) -> Result<(Duration, u64)> {
+    let secrets: Vec<Secret> = (0..n)
+        .map(|i| baseline_copy(name, run, &target(i)))
+        .collect();
+    let throttled = std::sync::atomic::AtomicU64::new(0);
+    let started = Instant::now();
+    stream::iter(secrets)
+        .map(|secret| {
+            let client = client.clone();
+            let throttled = &throttled;
+            async move {
+                let namespace = secret.metadata.namespace.clone().unwrap_or_default();
+                let api = Api::<Secret>::namespaced(client, &namespace);
+                loop {
+                    match api.create(&PostParams::default(), &secret).await {
+                        Ok(_) => return Ok(()),
+                        Err(kube::Error::Api(status)) if status.code == 429 => {
+                            throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(e) => {
+                            return Err(e)
+                                .with_context(|| format!("baseline create in {namespace}"));
+                        }
+                    }
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    Ok((started.elapsed(), throttled.into_inner()))
+}

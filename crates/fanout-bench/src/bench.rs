@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use fanout::Fanout;
@@ -13,8 +13,11 @@ use kube::Api;
 use kube::api::ListParams;
 use testkit::process::{Binary, Controller, Launch, Metrics};
 
+use crate::audit::Audit;
 use crate::cluster::Cluster;
+use crate::counters;
 use crate::options::{Limits, Shape};
+use crate::results::ControllerDelta;
 use crate::world::{self, SHARD_LABEL, SOURCE_NAMESPACE};
 
 /// How long a controller may take to become ready and leader while being set up.
@@ -30,13 +33,16 @@ pub struct Bench {
     pub bin: Binary,
     /// Logs and results.
     pub work_dir: PathBuf,
+    /// The API server's audit log.
+    pub audit: Audit,
     processes: AtomicUsize,
 }
 
 impl Bench {
     /// The bench state.
-    pub fn new(cluster: Cluster, shape: Shape, bin: PathBuf, work_dir: PathBuf) -> Bench {
-        Bench {
+    pub fn new(cluster: Cluster, shape: Shape, bin: PathBuf, work_dir: PathBuf) -> Result<Bench> {
+        Ok(Bench {
+            audit: Audit::new(cluster.kubeconfig())?,
             cluster,
             shape,
             bin: Binary {
@@ -45,7 +51,7 @@ impl Bench {
             },
             work_dir,
             processes: AtomicUsize::new(0),
-        }
+        })
     }
 
     /// Starts a controller for the Fanouts labelled `shard`, holding Lease
@@ -68,8 +74,25 @@ impl Bench {
         kubeconfig: Option<&Path>,
         limits: Limits,
     ) -> Result<Controller> {
+        let flags = self.shape.controller_flags(limits);
+        let (controller, _) = self.spawn_with(shard, lease, kubeconfig, flags).await?;
+        Ok(controller)
+    }
+
+    /// Starts a controller with `flags` (and none of the measured ones) for
+    /// the Fanouts labelled `shard`, holding Lease `lease`, under a unique
+    /// `--identity`, which it returns: the controller's user agent is
+    /// `fanout/<version> (<identity>)`, so the audit log tells its requests apart.
+    pub async fn spawn_with(
+        &self,
+        shard: &str,
+        lease: &str,
+        kubeconfig: Option<&Path>,
+        flags: Vec<String>,
+    ) -> Result<(Controller, String)> {
         let n = self.processes.fetch_add(1, Ordering::Relaxed);
-        let mut args = self.shape.controller_flags(limits);
+        let identity = format!("bench-{n:03}-{shard}");
+        let mut args = flags;
         args.extend([
             "--lease-namespace".into(),
             SOURCE_NAMESPACE.into(),
@@ -77,12 +100,30 @@ impl Bench {
             lease.into(),
             "--fanout-selector".into(),
             format!("{SHARD_LABEL}={shard}"),
+            "--identity".into(),
+            identity.clone(),
         ]);
         let kubeconfig = kubeconfig.unwrap_or(self.cluster.kubeconfig());
         let launch = Launch::new(&self.bin, kubeconfig, &args)
             .log_to(self.work_dir.join(format!("fanout-{n:03}-{shard}.log")))
             .log_filter("info");
-        Ok(Controller::try_start(launch).await?)
+        Ok((Controller::try_start(launch).await?, identity))
+    }
+
+    /// [`Bench::spawn_with`], then waits until it is ready and leader.
+    pub async fn leader_with(
+        &self,
+        shard: &str,
+        lease: &str,
+        kubeconfig: Option<&Path>,
+        flags: Vec<String>,
+    ) -> Result<(Controller, String)> {
+        let (controller, identity) = self.spawn_with(shard, lease, kubeconfig, flags).await?;
+        controller
+            .try_wait_ready(&READINESS_CHECKS, Duration::from_millis(20), START_TIMEOUT)
+            .await?;
+        controller.try_wait_leader(START_TIMEOUT).await?;
+        Ok((controller, identity))
     }
 
     /// Starts a controller and waits until it is ready and leader, and its
@@ -98,11 +139,8 @@ impl Bench {
         lease: &str,
         limits: Limits,
     ) -> Result<Controller> {
-        let controller = self.spawn_limited(shard, lease, None, limits).await?;
-        controller
-            .try_wait_ready(&READINESS_CHECKS, Duration::from_millis(20), START_TIMEOUT)
-            .await?;
-        controller.try_wait_leader(START_TIMEOUT).await?;
+        let flags = self.shape.controller_flags(limits);
+        let (controller, _) = self.leader_with(shard, lease, None, flags).await?;
         tokio::time::sleep(bucket_refill(limits)).await;
         Ok(controller)
     }
@@ -114,6 +152,20 @@ impl Bench {
             .buffer_unordered(32)
             .try_collect::<()>()
             .await
+    }
+
+    /// Removes each Fanout named in `names` (finalizer dropped), many at once.
+    pub async fn remove_fanouts(&self, names: &[String]) -> Result<()> {
+        stream::iter(names)
+            .map(|name| world::remove_fanout(&self.cluster.client, name))
+            .buffer_unordered(32)
+            .try_collect::<()>()
+            .await
+    }
+
+    /// The counters of `controller`'s `/metrics` now.
+    pub async fn counters(&self, controller: &Controller) -> Result<ControllerDelta> {
+        Ok(counters::read(&controller.try_metrics().await?))
     }
 
     /// Polls the Fanouts labelled `shard` until their summaries add up to
@@ -140,9 +192,82 @@ impl Bench {
                     "after {timeout:?}: {done} of {synced} targets Synced ({desired} desired)"
                 );
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            // Listing many Fanouts with their statuses costs the API server.
+            let pause = if list.items.len() > 100 { 2_000 } else { 250 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
+}
+
+/// Polls `controller` until it leads and has done `count` reconciles more
+/// than `done_before` (every Fanout reconciled once after a start or a
+/// takeover), or, failing that, until its queue has been empty with nothing
+/// in flight for 3 s after at least one reconcile. Returns when leadership
+/// was seen, when the reconciles were done, and whether every Fanout was
+/// (false: the queue drained first).
+pub async fn wait_reconciled(
+    controller: &Controller,
+    count: usize,
+    done_before: f64,
+    timeout: Duration,
+) -> Result<Reconciled> {
+    const DRAINED_FOR: Duration = Duration::from_secs(3);
+    let deadline = Instant::now() + timeout;
+    let mut led = None;
+    let mut drained_since: Option<Instant> = None;
+    loop {
+        let metrics = controller.try_metrics().await?;
+        let now = Instant::now();
+        if led.is_none() && metrics.leader() {
+            led = Some(now);
+        }
+        if let Some(led) = led {
+            let done = reconciles_done(&metrics) - done_before;
+            if done >= count as f64 {
+                return Ok(Reconciled {
+                    led,
+                    at: now,
+                    reconciles: done,
+                    complete: true,
+                });
+            }
+            let idle = metrics.get("fanout_queue_depth").unwrap_or(0.0) == 0.0
+                && metrics.get("fanout_reconciles_in_flight").unwrap_or(0.0) == 0.0
+                && done > 0.0;
+            match (idle, drained_since) {
+                (true, None) => drained_since = Some(now),
+                (true, Some(since)) if now - since >= DRAINED_FOR => {
+                    return Ok(Reconciled {
+                        led,
+                        at: since,
+                        reconciles: done,
+                        complete: false,
+                    });
+                }
+                (false, _) => drained_since = None,
+                _ => {}
+            }
+        }
+        if now > deadline {
+            anyhow::bail!(
+                "not every Fanout reconciled after {timeout:?}; log {}",
+                controller.log_path().display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What [`wait_reconciled`] saw.
+pub struct Reconciled {
+    /// When the controller was first seen leading.
+    pub led: Instant,
+    /// When the reconcile-all was done.
+    pub at: Instant,
+    /// Reconciles it did.
+    pub reconciles: f64,
+    /// Whether every Fanout was reconciled (false: the queue drained first).
+    pub complete: bool,
 }
 
 /// Reconciles that did work (every result of `fanout_reconciles_total` but
@@ -156,7 +281,10 @@ pub fn reconciles_done(metrics: &Metrics) -> f64 {
 }
 
 /// How long an idle client takes to get its whole burst back.
-fn bucket_refill(limits: Limits) -> Duration {
+pub fn bucket_refill(limits: Limits) -> Duration {
+    if limits.is_off() {
+        return Duration::ZERO;
+    }
     Duration::from_secs_f64(f64::from(limits.burst) / f64::from(limits.qps))
         + Duration::from_millis(100)
 }

@@ -101,12 +101,17 @@ impl Cluster {
     /// A client behind the same client-side QPS/burst limit as the
     /// controller's (`kube_lifecycle::ratelimit`, as `fanout::app` builds it).
     pub fn limited_client(&self, qps: u32, burst: u32) -> Result<Client> {
-        let qps = NonZeroU32::new(qps).context("--kube-qps must be positive")?;
-        let burst = NonZeroU32::new(burst).context("--kube-burst must be positive")?;
-        Ok(ClientBuilder::try_from(self.config.clone())
-            .context("building the limited client")?
-            .with_layer(&RateLimitLayer::new(qps, burst))
-            .build())
+        limited(self.config.clone(), qps, burst)
+    }
+
+    /// [`Cluster::limited_client`] authenticating with the kubeconfig `text`
+    /// (e.g. a ServiceAccount token) instead of the admin identity.
+    pub async fn limited_client_as(&self, text: &str, qps: u32, burst: u32) -> Result<Client> {
+        let parsed = Kubeconfig::from_yaml(text).context("parsing a kubeconfig")?;
+        let config = Config::from_custom_kubeconfig(parsed, &KubeConfigOptions::default())
+            .await
+            .context("loading a kubeconfig")?;
+        limited(config, qps, burst)
     }
 
     /// Creates each namespace with its labels; an existing one gets the labels patched in.
@@ -188,6 +193,30 @@ impl Cluster {
         }
     }
 
+    /// Deletes the Secrets matching `selector` in each of `namespaces`, one
+    /// `deletecollection` per namespace (much faster than one delete per
+    /// Secret when there are many).
+    pub async fn delete_collection_labelled(
+        &self,
+        namespaces: &[String],
+        selector: &str,
+    ) -> Result<()> {
+        stream::iter(namespaces)
+            .map(|namespace| {
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+                let params = ListParams::default().labels(selector);
+                async move {
+                    api.delete_collection(&DeleteParams::default(), &params)
+                        .await
+                        .map(drop)
+                        .with_context(|| format!("deleting secrets {selector} in {namespace}"))
+                }
+            })
+            .buffer_unordered(BULK_CONCURRENCY / 4)
+            .try_collect::<()>()
+            .await
+    }
+
     /// Deletes every Secret matching `selector`; returns how many.
     pub async fn delete_secrets_labelled(&self, selector: &str) -> Result<usize> {
         let found = self.secrets_labelled(selector).await?;
@@ -232,6 +261,30 @@ impl Cluster {
     }
 }
 
+/// What the bench's own clients send as `User-Agent` (the controller's is
+/// `fanout/<version> (<identity>)`): the audit log tells them apart.
+pub const BENCH_USER_AGENT: &str = "fanout-bench/baseline";
+
+/// A client of `config` behind `kube_lifecycle::ratelimit::RateLimitLayer`
+/// with `qps`/`burst` (none when `qps` is 0, as `--kube-qps 0` turns the
+/// controller's off), built as the controller's work client is
+/// (`kube_lifecycle::client`): kube's own retry of 429/503 off.
+fn limited(mut config: Config, qps: u32, burst: u32) -> Result<Client> {
+    config.default_retry = false;
+    config
+        .headers
+        .retain(|(name, _)| name.as_str() != "user-agent");
+    config
+        .headers
+        .push(("user-agent".parse()?, BENCH_USER_AGENT.parse()?));
+    let builder = ClientBuilder::try_from(config).context("building the limited client")?;
+    let Some(qps) = NonZeroU32::new(qps) else {
+        return Ok(builder.build());
+    };
+    let burst = NonZeroU32::new(burst).context("--kube-burst must be positive")?;
+    Ok(builder.with_layer(&RateLimitLayer::new(qps, burst)).build())
+}
+
 /// Request counters of the API server, by (verb, resource).
 #[derive(Clone, Debug, Default)]
 pub struct ApiserverMetrics {
@@ -239,6 +292,15 @@ pub struct ApiserverMetrics {
     pub requests: BTreeMap<(String, String), f64>,
     /// `apiserver_longrunning_requests` (open watches), by (verb, resource).
     pub long_running: BTreeMap<(String, String), f64>,
+    /// API Priority and Fairness, by priority level: requests rejected
+    /// (`apiserver_flowcontrol_rejected_requests_total`).
+    pub apf_rejected: BTreeMap<String, f64>,
+    /// APF, by priority level: seconds requests waited in its queues
+    /// (`apiserver_flowcontrol_request_wait_duration_seconds_sum`).
+    pub apf_wait_seconds: BTreeMap<String, f64>,
+    /// APF, by priority level: requests dispatched or rejected
+    /// (`apiserver_flowcontrol_request_wait_duration_seconds_count`).
+    pub apf_requests: BTreeMap<String, f64>,
 }
 
 impl ApiserverMetrics {
@@ -255,11 +317,6 @@ impl ApiserverMetrics {
                 Some((name, labels)) => (name, labels.trim_end_matches('}')),
                 None => (series, ""),
             };
-            let target = match name {
-                "apiserver_request_total" => &mut metrics.requests,
-                "apiserver_longrunning_requests" => &mut metrics.long_running,
-                _ => continue,
-            };
             let label = |key: &str| {
                 labels
                     .split(",")
@@ -267,6 +324,25 @@ impl ApiserverMetrics {
                     .find(|(k, _)| *k == key)
                     .map(|(_, v)| v.trim_matches('"').to_owned())
                     .unwrap_or_default()
+            };
+            let apf = match name {
+                "apiserver_flowcontrol_rejected_requests_total" => Some(&mut metrics.apf_rejected),
+                "apiserver_flowcontrol_request_wait_duration_seconds_sum" => {
+                    Some(&mut metrics.apf_wait_seconds)
+                }
+                "apiserver_flowcontrol_request_wait_duration_seconds_count" => {
+                    Some(&mut metrics.apf_requests)
+                }
+                _ => None,
+            };
+            if let Some(apf) = apf {
+                *apf.entry(label("priority_level")).or_default() += value;
+                continue;
+            }
+            let target = match name {
+                "apiserver_request_total" => &mut metrics.requests,
+                "apiserver_longrunning_requests" => &mut metrics.long_running,
+                _ => continue,
             };
             let resource = match label("subresource").as_str() {
                 "" => label("resource"),
@@ -289,6 +365,27 @@ impl ApiserverMetrics {
                 let delta = (now - before).round();
                 (delta >= 1.0).then(|| (key.clone(), delta as u64))
             })
+            .collect()
+    }
+
+    /// APF per priority level between `earlier` and `self`: requests,
+    /// seconds waited in queues, rejections (levels without requests left out).
+    pub fn apf_since(&self, earlier: &ApiserverMetrics) -> Vec<crate::results::ApfDelta> {
+        let delta = |now: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>, key: &str| {
+            now.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
+        };
+        self.apf_requests
+            .keys()
+            .chain(self.apf_rejected.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|level| crate::results::ApfDelta {
+                priority_level: level.clone(),
+                requests: delta(&self.apf_requests, &earlier.apf_requests, level).round() as u64,
+                wait_seconds: delta(&self.apf_wait_seconds, &earlier.apf_wait_seconds, level),
+                rejected: delta(&self.apf_rejected, &earlier.apf_rejected, level).round() as u64,
+            })
+            .filter(|d| d.requests > 0 || d.rejected > 0)
             .collect()
     }
 

@@ -1,6 +1,9 @@
 //! Benchmarks of the `fanout` binary against a real API server: fan-out
 //! throughput against a plain client baseline, status writes, memory,
-//! start to ready, drain and handover. See `scripts/bench`, which builds
+//! start to ready, drain, handover, control-plane CPU per copy, the idle
+//! cost of a converged controller, the reconcile-all after a failover,
+//! blocked targets, a default install (the chart's identity and default
+//! flags), and start to converged at scale. See `scripts/bench`, which builds
 //! the release `fanout` and this binary, starts a private testbed, runs
 //! `target/release/fanout-bench` against it, and writes
 //! `docs/benchmarks.md` and `docs/benchmarks/fanout.svg`.
@@ -8,22 +11,34 @@
 //! The controller processes are `testkit::process::Controller`s, and the
 //! start section holds the API server with `testkit::proxy::FaultProxy`;
 //! what is here is the bench's own: its world of thousands of namespaces,
-//! the baseline client, the sections, the results, report and chart.
+//! the baseline client, the sections (one module each), the results,
+//! report and chart. A controller's requests are counted from the API
+//! server's audit log by its user agent (each has its own `--identity`).
 
+mod audit;
 mod baseline;
 mod bench;
+mod blocked;
 mod chart;
 mod cluster;
+mod counters;
+mod cpu;
 mod drain;
+mod failover;
 mod handover;
+mod idle;
+mod install;
 mod machine;
 mod memory;
 mod observer;
 mod options;
+mod quiet;
 mod report;
 mod results;
+mod scale;
 mod startup;
 mod stats;
+mod steady;
 mod throughput;
 mod world;
 
@@ -93,9 +108,15 @@ async fn measure(options: &Options) -> Result<Results> {
         startup: None,
         drain: Vec::new(),
         handover: Vec::new(),
+        cpu: Vec::new(),
+        idle: None,
+        failover: None,
+        blocked: None,
+        default_install: Vec::new(),
+        scale: None,
     };
     eprintln!("preparing {} namespaces", shape.namespaces());
-    let bench = Bench::new(cluster, shape, bin, work_dir.clone());
+    let bench = Bench::new(cluster, shape, bin, work_dir.clone())?;
     world::prepare(&bench.cluster, &bench.bin.path, &bench.shape).await?;
     let wanted = |section| {
         options
@@ -141,6 +162,38 @@ async fn measure(options: &Options) -> Result<Results> {
     }
     if wanted(Section::Handover) {
         results.handover = handover::run(&bench).await?;
+        save(&mut results)?;
+    }
+    if wanted(Section::Cpu) {
+        results.cpu = cpu::run(&bench).await?;
+        save(&mut results)?;
+    }
+    if wanted(Section::Idle) || wanted(Section::Failover) {
+        let steady = steady::converge(&bench).await?;
+        if wanted(Section::Idle) {
+            results.idle = Some(idle::run(&bench, &steady).await?);
+            save(&mut results)?;
+        }
+        let leader = if wanted(Section::Failover) {
+            let (failover, leader) = failover::run(&bench, steady).await?;
+            results.failover = Some(failover);
+            save(&mut results)?;
+            leader
+        } else {
+            steady.leader
+        };
+        steady::clean_up(&bench, leader).await?;
+    }
+    if wanted(Section::Blocked) {
+        results.blocked = Some(blocked::run(&bench).await?);
+        save(&mut results)?;
+    }
+    if wanted(Section::DefaultInstall) {
+        results.default_install = install::run(&bench).await?;
+        save(&mut results)?;
+    }
+    if wanted(Section::Scale) {
+        results.scale = Some(scale::run(&bench).await?);
         save(&mut results)?;
     }
     Ok(results)

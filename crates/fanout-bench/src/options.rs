@@ -33,8 +33,15 @@ pub struct Options {
     /// The controller's status coalescing interval (`--status-interval`).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub status_interval: Duration,
-    /// Sections to run (default: all).
-    #[arg(long, value_delimiter = ',')]
+    /// The idle section's measured window (default 12m: through the
+    /// controller's periodic resync; quick 20s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub idle_window: Option<Duration>,
+    /// The blocked section's measured window (default 60s; quick 35s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub blocked_window: Option<Duration>,
+    /// Sections to run, comma-separated (default: all).
+    #[arg(long, visible_alias = "sections", value_delimiter = ',')]
     pub only: Option<Vec<Section>>,
     /// The release `fanout` binary under test.
     #[arg(
@@ -86,6 +93,18 @@ pub enum Section {
     Drain,
     /// Leader SIGTERM to the standby's first reconcile.
     Handover,
+    /// Control-plane CPU per copy, Fanout against the baseline, at 5 and 200 QPS.
+    Cpu,
+    /// API requests of a converged controller with nothing changing.
+    Idle,
+    /// The reconcile-all of a standby after the leader is killed (converges the idle world if idle did not run).
+    Failover,
+    /// Requests while targets are blocked, and time to converge once unblocked.
+    Blocked,
+    /// Fan-out with the chart's identity and the default flags.
+    DefaultInstall,
+    /// Start to ready and to converged with many Fanouts of many targets.
+    Scale,
 }
 
 /// A client-side QPS/burst limit, applied alike to the controller and the baseline.
@@ -98,11 +117,25 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// So high that only the API server limits: its own limit is measured.
-    pub const NONE: Limits = Limits {
-        qps: 1_000_000,
-        burst: 1_000_000,
-    };
+    /// No client-side limit: `--kube-qps 0` for the controller (its client
+    /// then has no rate-limit layer), no rate-limit layer for the baseline.
+    /// Only the API server limits: its own limit is measured.
+    pub const NONE: Limits = Limits { qps: 0, burst: 1 };
+
+    /// Whether this is no limit at all.
+    pub fn is_off(self) -> bool {
+        self.qps == 0
+    }
+
+    /// The rate the requests of a run are expected to go at, for timeouts:
+    /// the QPS, or a rate the API server sustains when there is no limit.
+    pub fn expected_rate(self) -> f64 {
+        if self.is_off() {
+            100.0
+        } else {
+            f64::from(self.qps)
+        }
+    }
 }
 
 /// The sizes of everything a run does, from `--quick` and the overrides.
@@ -133,6 +166,36 @@ pub struct Shape {
     pub drain_size: usize,
     /// Converged Fanouts the standby takes over in the handover section.
     pub handover_fanouts: usize,
+    /// Section 7: the fixed limits and the fan-out size at each (5 and 200 QPS).
+    #[serde(default)]
+    pub cpu_series: Vec<(Limits, usize)>,
+    /// Section 8 (and 9): converged Fanouts, each with its own source.
+    #[serde(default)]
+    pub idle_fanouts: usize,
+    /// Target namespaces of each.
+    #[serde(default)]
+    pub idle_targets: usize,
+    /// The measured idle window, seconds.
+    #[serde(default)]
+    pub idle_window_seconds: u64,
+    /// Section 10: blocked targets (one Fanout).
+    #[serde(default)]
+    pub blocked_targets: usize,
+    /// The measured window while blocked, seconds (longer than a 30 s poll).
+    #[serde(default)]
+    pub blocked_window_seconds: u64,
+    /// Section 11: fan-out sizes with the chart's identity and default flags.
+    #[serde(default)]
+    pub install_sizes: Vec<usize>,
+    /// Runs per size there.
+    #[serde(default)]
+    pub install_repeats: usize,
+    /// Section 12: Fanouts, each with its own source.
+    #[serde(default)]
+    pub scale_fanouts: usize,
+    /// Target namespaces of each.
+    #[serde(default)]
+    pub scale_targets: usize,
     /// Client-side QPS limit (controller and baseline).
     pub kube_qps: u32,
     /// Client-side burst (controller and baseline).
@@ -185,6 +248,29 @@ impl Shape {
             startup_fanouts: if quick { 100 } else { 1_000 },
             drain_size: 1_000,
             handover_fanouts: 10,
+            cpu_series: vec![
+                (Limits { qps: 5, burst: 5 }, if quick { 50 } else { 300 }),
+                (
+                    Limits {
+                        qps: 200,
+                        burst: 200,
+                    },
+                    if quick { 500 } else { 2_000 },
+                ),
+            ],
+            idle_fanouts: if quick { 100 } else { 1_000 },
+            idle_targets: 10,
+            idle_window_seconds: options
+                .idle_window
+                .map_or(if quick { 20 } else { 720 }, |w| w.as_secs()),
+            blocked_targets: if quick { 200 } else { 1_000 },
+            blocked_window_seconds: options
+                .blocked_window
+                .map_or(if quick { 35 } else { 60 }, |w| w.as_secs()),
+            install_sizes: if quick { vec![200] } else { vec![1_000, 5_000] },
+            install_repeats: 1,
+            scale_fanouts: if quick { 100 } else { 1_000 },
+            scale_targets: if quick { 10 } else { 100 },
             kube_qps: options.kube_qps,
             kube_burst: options.kube_burst,
             fanout_concurrency: options.fanout_concurrency,
@@ -201,6 +287,34 @@ impl Shape {
             .max(self.startup_fanouts)
             .max(self.drain_size)
             .max(self.handover_fanouts)
+            .max(self.blocked_targets)
+            .max(self.spread())
+            .max(self.first_sizes().into_iter().max().unwrap_or(0))
+    }
+
+    /// The target namespaces the idle and scale worlds spread their
+    /// explicit target lists over (each namespace holds several copies).
+    pub fn spread(&self) -> usize {
+        self.memory_namespaces
+            .max(self.idle_targets)
+            .max(self.scale_targets)
+    }
+
+    /// Every N for which the first N target namespaces carry a label.
+    pub fn first_sizes(&self) -> Vec<usize> {
+        let mut sizes = self.sizes.clone();
+        sizes.extend([
+            self.drain_size,
+            self.startup_fanouts,
+            self.handover_fanouts,
+            self.blocked_targets,
+        ]);
+        sizes.extend(self.cpu_series.iter().map(|(_, n)| *n));
+        sizes.extend(&self.install_sizes);
+        sizes.retain(|&n| n > 0);
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
     }
 
     /// The client-side limit of the report's main figures.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::machine::{Machine, Versions};
-use crate::options::Shape;
+use crate::options::{Limits, Shape};
 
 /// The whole run.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -37,6 +37,24 @@ pub struct Results {
     pub drain: Vec<DrainRun>,
     /// Section 6.
     pub handover: Vec<HandoverRun>,
+    /// Section 7: control-plane CPU, Fanout against the baseline at fixed limits.
+    #[serde(default)]
+    pub cpu: Vec<CpuSeries>,
+    /// Section 8: a converged controller with nothing changing.
+    #[serde(default)]
+    pub idle: Option<IdleResult>,
+    /// Section 9: the reconcile-all of a standby that takes over from a killed leader.
+    #[serde(default)]
+    pub failover: Option<FailoverResult>,
+    /// Section 10: targets blocked by objects the Fanout did not make.
+    #[serde(default)]
+    pub blocked: Option<BlockedResult>,
+    /// Section 11: fan-out as a default install runs it.
+    #[serde(default)]
+    pub default_install: Vec<InstallRun>,
+    /// Section 12: start to ready and to converged at scale.
+    #[serde(default)]
+    pub scale: Option<ScaleResult>,
 }
 
 /// API requests counted by the API server, by verb and resource.
@@ -211,4 +229,238 @@ pub struct HandoverRun {
     pub to_leader_seconds: f64,
     /// Leader's SIGTERM to the standby's first completed reconcile.
     pub to_first_reconcile_seconds: f64,
+}
+
+/// Section 7: one fan-out series at one client-side limit (both sides).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct CpuSeries {
+    /// The limit of both sides.
+    pub limits: Limits,
+    /// CPU seconds per second kube-apiserver + etcd used with nothing
+    /// running against them, just before the series (their background).
+    pub idle_control_plane_cpu_per_second: Option<f64>,
+    /// The runs.
+    pub runs: Vec<ThroughputRun>,
+}
+
+/// Counters of one controller's `/metrics` between two scrapes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct ControllerDelta {
+    /// `fanout_api_requests_total`, by `"METHOD code"`.
+    pub api_requests: BTreeMap<String, f64>,
+    /// `fanout_client_rate_limit_wait_seconds_total`.
+    pub rate_limit_wait_seconds: f64,
+    /// `fanout_target_writes_total`, by `"operation result"`.
+    pub target_writes: BTreeMap<String, f64>,
+    /// `fanout_reconciles_total`, by result.
+    pub reconciles: BTreeMap<String, f64>,
+}
+
+impl ControllerDelta {
+    /// Every API request counted.
+    pub fn requests(&self) -> f64 {
+        self.api_requests.values().sum::<f64>() + 0.0
+    }
+
+    /// API requests of HTTP method `method`.
+    pub fn requests_of(&self, method: &str) -> f64 {
+        self.api_requests
+            .iter()
+            .filter(|(key, _)| key.split(' ').next() == Some(method))
+            .map(|(_, n)| n)
+            .sum::<f64>()
+            + 0.0
+    }
+
+    /// API requests answered 429 (the API server's Priority and Fairness).
+    pub fn throttled(&self) -> f64 {
+        self.api_requests
+            .iter()
+            .filter(|(key, _)| key.ends_with(" 429"))
+            .map(|(_, n)| n)
+            .sum::<f64>()
+            + 0.0
+    }
+
+    /// Target writes of every operation and result.
+    pub fn writes(&self) -> f64 {
+        // + 0.0: the sum of nothing is -0.0.
+        self.target_writes.values().sum::<f64>() + 0.0
+    }
+}
+
+/// A measured window in which nothing the controller watches changes.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct QuietWindow {
+    /// Its length.
+    pub seconds: f64,
+    /// The controller's requests received in it, from the API server's audit
+    /// log (Leases, Secrets, ConfigMaps, Fanouts only), matched by its user
+    /// agent; lower-case audit verbs.
+    pub audit: Vec<RequestCount>,
+    /// The controller's own counters.
+    pub controller: ControllerDelta,
+    /// `apiserver_request_total` in the window, every client (the API
+    /// server's own included): what the audit policy leaves out (namespaces, events).
+    pub apiserver: Vec<RequestCount>,
+    /// CPU time of the controller in the window, seconds.
+    pub controller_cpu_seconds: f64,
+    /// CPU time of kube-apiserver + etcd in the window, seconds.
+    pub control_plane_cpu_seconds: Option<f64>,
+    /// The controller's audited requests per minute of the window, in
+    /// order (a periodic resync shows as a burst); empty for a window
+    /// under two minutes.
+    #[serde(default)]
+    pub per_minute: Vec<u64>,
+}
+
+impl QuietWindow {
+    /// Requests per minute at `count` in this window.
+    pub fn per_minute(&self, count: f64) -> f64 {
+        count * 60.0 / self.seconds
+    }
+}
+
+/// Section 8.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct IdleResult {
+    /// Converged Fanouts, each with its own source.
+    pub fanouts: usize,
+    /// Target namespaces of each.
+    pub targets_per_fanout: usize,
+    /// Created to all Synced, seconds.
+    pub converge_seconds: f64,
+    /// The measured window.
+    pub window: QuietWindow,
+    /// The controller's RSS at the end of the window.
+    pub rss_kib: u64,
+}
+
+/// Section 9.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct FailoverResult {
+    /// Converged Fanouts the standby takes over.
+    pub fanouts: usize,
+    /// The signal that ended the leader.
+    pub signal: String,
+    /// Signal to the standby's `fanout_leader` 1 (after a SIGKILL: the
+    /// Lease expiring, at the controller's default `--lease-duration`).
+    pub to_leader_seconds: f64,
+    /// Leadership to every Fanout reconciled.
+    pub leader_to_reconciled_seconds: f64,
+    /// Signal to every Fanout reconciled by the new leader.
+    pub to_reconciled_seconds: f64,
+    /// Whether it reconciled every Fanout (else: its queue drained first).
+    pub complete: bool,
+    /// Reconciles it did (every result but `skipped`).
+    pub reconciles: f64,
+    /// Its requests from the signal to a settling pause after the
+    /// reconcile-all, from the audit log.
+    pub audit: Vec<RequestCount>,
+    /// Those that write (create, update, patch, delete) anything but Leases.
+    pub writes: Vec<RequestCount>,
+    /// Its own counters over the same time.
+    pub controller: ControllerDelta,
+    /// Its peak RSS at the end.
+    pub peak_rss_kib: u64,
+}
+
+/// Section 10.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct BlockedResult {
+    /// Blocked targets (one Fanout).
+    pub targets: usize,
+    /// Fanout created to every target reported Conflict, seconds.
+    pub to_conflict_seconds: f64,
+    /// The window while blocked.
+    pub window: QuietWindow,
+    /// How long the bench took to delete the blockers.
+    pub delete_seconds: f64,
+    /// Last blocker deleted to every target Synced (status seen through a watch).
+    pub to_synced_seconds: f64,
+    /// The controller's requests from the first delete to all Synced, from the audit log.
+    pub unblock_audit: Vec<RequestCount>,
+    /// Its counters over the same time.
+    pub unblock_controller: ControllerDelta,
+}
+
+/// APF per priority level between two scrapes of the API server.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ApfDelta {
+    /// The priority level (`workload-low` for ServiceAccounts).
+    pub priority_level: String,
+    /// Requests dispatched or rejected.
+    pub requests: u64,
+    /// Seconds they waited in its queues, summed.
+    pub wait_seconds: f64,
+    /// Requests rejected (429).
+    pub rejected: u64,
+}
+
+/// Section 11: one size, one repeat, with the chart's identity and the
+/// controller's default limits on both sides.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct InstallRun {
+    /// Target namespaces.
+    pub n: usize,
+    /// Which repeat.
+    pub repeat: usize,
+    /// The controller's default `--kube-qps` (read from `fanout --help`).
+    pub qps: u32,
+    /// Its default `--kube-burst`.
+    pub burst: u32,
+    /// Its default `--fanout-concurrency`.
+    pub concurrency: usize,
+    /// Fanout: created to all Synced.
+    pub fanout_seconds: f64,
+    /// Baseline (same identity, same limits): first create to last answer.
+    pub baseline_seconds: f64,
+    /// 429s the baseline got (and retried after 1 s).
+    pub baseline_throttled: u64,
+    /// The controller's counters during its fan-out.
+    pub controller: ControllerDelta,
+    /// APF during the Fanout's fan-out.
+    pub apf: Vec<ApfDelta>,
+    /// APF during the baseline.
+    pub baseline_apf: Vec<ApfDelta>,
+    /// Which limit bound the fan-out.
+    pub bound: String,
+}
+
+impl InstallRun {
+    /// Fanout time over baseline time.
+    pub fn ratio(&self) -> f64 {
+        self.fanout_seconds / self.baseline_seconds
+    }
+}
+
+/// Section 12.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ScaleResult {
+    /// Fanouts, each with its own source.
+    pub fanouts: usize,
+    /// Target namespaces of each.
+    pub per_fanout: usize,
+    /// A fresh controller, the Fanouts created: created to all Synced.
+    pub converge_seconds: f64,
+    /// Its peak RSS then.
+    pub converge_peak_rss_kib: u64,
+    /// Its requests meanwhile, from the audit log.
+    pub converge_audit: Vec<RequestCount>,
+    /// Its counters meanwhile.
+    pub converge_controller: ControllerDelta,
+    /// A fresh start with everything converged.
+    pub restart: StartupRun,
+    /// Whether it reconciled every Fanout (else: its queue drained first).
+    pub restart_complete: bool,
+    /// Peak RSS after that start's reconcile-all.
+    pub restart_peak_rss_kib: u64,
+    /// RSS then.
+    pub restart_rss_kib: u64,
+    /// Its requests from spawn to a settling pause after the reconcile-all.
+    pub restart_audit: Vec<RequestCount>,
+    /// Those that write anything but Leases.
+    pub restart_writes: Vec<RequestCount>,
+    /// Its counters over the same time.
+    pub restart_controller: ControllerDelta,
 }

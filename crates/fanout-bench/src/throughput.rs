@@ -71,10 +71,12 @@ pub async fn run(
             };
             eprintln!(
                 "throughput{} n={n} repeat={repeat}: baseline {:.2}s, fanout {:.2}s, ratio {:.3}, {} status writes",
-                if tag.is_empty() {
-                    ""
+                if limits == Limits::NONE {
+                    " (no client limit)".to_owned()
+                } else if tag.is_empty() {
+                    String::new()
                 } else {
-                    " (no client limit)"
+                    format!(" (qps {})", limits.qps)
                 },
                 run.baseline_seconds,
                 run.fanout_seconds,
@@ -165,7 +167,7 @@ async fn fanout_run(bench: &Bench, spec: &Run<'_>) -> Result<FanoutRun> {
     let done = observer
         .first(
             |s| s.desired == n32 && s.synced == n32,
-            sync_timeout(bench, n),
+            sync_timeout(n, spec.limits),
         )
         .await?;
     let seconds = (done - started).as_secs_f64();
@@ -211,7 +213,6 @@ fn status_writes(after: &ApiserverMetrics, before: &ApiserverMetrics) -> u64 {
 }
 
 /// Ten times what the rate limit alone needs, and at least a minute.
-pub fn sync_timeout(bench: &Bench, n: usize) -> Duration {
-    Duration::from_secs(60)
-        + Duration::from_secs_f64(10.0 * n as f64 / f64::from(bench.shape.kube_qps))
+pub fn sync_timeout(n: usize, limits: Limits) -> Duration {
+    Duration::from_secs(60) + Duration::from_secs_f64(10.0 * n as f64 / limits.expected_rate())
 }

@@ -48,12 +48,7 @@ pub fn group(i: usize, group_size: usize) -> String {
 /// Installs the CRD the binary prints and creates every namespace the shape needs.
 pub async fn prepare(cluster: &Cluster, bin: &Path, shape: &Shape) -> Result<()> {
     install_crd(cluster, bin)?;
-    let mut sizes = shape.sizes.clone();
-    sizes.push(shape.drain_size);
-    sizes.push(shape.startup_fanouts);
-    sizes.push(shape.handover_fanouts);
-    sizes.sort_unstable();
-    sizes.dedup();
+    let sizes = shape.first_sizes();
     let mut namespaces = vec![(SOURCE_NAMESPACE.to_owned(), BTreeMap::new())];
     for i in 0..shape.namespaces() {
         let mut labels =
