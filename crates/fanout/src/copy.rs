@@ -555,17 +555,25 @@ impl Operation {
     }
 }
 
+/// What unit tests across the crate share.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use super::Owner;
 
-    fn owner() -> Owner {
+    /// The Fanout the tests' copies belong to.
+    pub fn owner() -> Owner {
         Owner {
             namespace: "platform".into(),
             name: "registry-creds".into(),
             uid: "1234".into(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::owner;
+    use super::*;
 
     fn source() -> Secret {
         Secret {

@@ -219,15 +219,8 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 
     use super::*;
+    use crate::copy::fixtures::owner;
     use crate::copy::{Content, desired_copy};
-
-    fn owner() -> Owner {
-        Owner {
-            namespace: "platform".into(),
-            name: "registry-creds".into(),
-            uid: "1234".into(),
-        }
-    }
 
     fn desired() -> Desired {
         let mut content = Content {

@@ -440,6 +440,14 @@ impl Controller {
         self.child.lock().unwrap().try_wait().unwrap().is_none()
     }
 
+    /// SIGTERM, then waits (up to a minute) for the drain to end in exit
+    /// code 0; panics with the reason and the log otherwise.
+    pub async fn stop(self) {
+        if let Err(error) = self.try_stop().await {
+            error.panic();
+        }
+    }
+
     /// SIGTERM, then waits (up to a minute) for the drain to end in exit code 0.
     pub async fn try_stop(self) -> Result<(), Error> {
         self.try_signal(Signal::SIGTERM)?;

@@ -194,13 +194,7 @@ async fn a_killed_controller_raises_fanout_down_in_alertmanager_and_a_new_one_re
         ready.elapsed().as_secs_f64()
     );
 
-    replacement.signal(Signal::SIGTERM);
-    assert!(
-        replacement
-            .wait_exit(Duration::from_secs(20))
-            .await
-            .success()
-    );
+    replacement.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -211,7 +205,7 @@ async fn failing_copy_writes_raise_fanout_targets_failed_and_passing_writes_reso
     let dir = tempfile::tempdir().unwrap();
     let proxy = FaultProxy::start(&cluster.server_url(), &cluster.pki_dir(), Mode::Open).await;
     let kubeconfig = kubeconfig_via(&world.kubeconfig, proxy.addr(), dir.path());
-    let mut controller = Controller::start(
+    let controller = Controller::start(
         &crate::fanout(),
         &kubeconfig,
         &world.args(&["--write-timeout", "2s"]),
@@ -331,11 +325,5 @@ async fn failing_copy_writes_raise_fanout_targets_failed_and_passing_writes_reso
         assert_eq!(token.as_deref(), Some(&b"r0t4t3d"[..]));
     }
 
-    controller.signal(Signal::SIGTERM);
-    assert!(
-        controller
-            .wait_exit(Duration::from_secs(20))
-            .await
-            .success()
-    );
+    controller.stop().await;
 }

@@ -13,7 +13,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use serde_json::Value;
 use testkit::process::Controller;
 use testkit::prometheus::{INTERVAL, Prometheus};
@@ -83,8 +82,7 @@ fn legend_labels(legend: &str) -> BTreeSet<String> {
 async fn every_dashboard_query_returns_data_from_prometheus_scraping_a_working_controller() {
     let cluster = testkit::cluster();
     let world = World::new(cluster, TARGETS).await;
-    let mut controller =
-        Controller::start(&crate::fanout(), &world.kubeconfig, &world.args(&[])).await;
+    let controller = Controller::start(&crate::fanout(), &world.kubeconfig, &world.args(&[])).await;
     controller.wait_leader(Duration::from_secs(30)).await;
     let admin = controller.admin_addr();
     let prometheus = Prometheus::start(
@@ -187,13 +185,7 @@ async fn every_dashboard_query_returns_data_from_prometheus_scraping_a_working_c
     assert_eq!(synced.len(), 1, "{synced:?}");
     assert_eq!(synced[0].1, 1.0, "the synced ratio after convergence");
 
-    controller.signal(Signal::SIGTERM);
-    assert!(
-        controller
-            .wait_exit(Duration::from_secs(20))
-            .await
-            .success()
-    );
+    controller.stop().await;
 }
 
 fn queries_of<'a>(queries: &'a [Query], panel: &str) -> Vec<&'a Query> {

@@ -21,7 +21,6 @@ use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, Secret};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
-use nix::sys::signal::Signal;
 use serde_json::json;
 use testkit::Cluster;
 use testkit::process::Controller;
@@ -54,6 +53,22 @@ async fn kubectl_wait(
     })
     .await
     .unwrap()
+}
+
+/// `kubectl wait` that must succeed; how long it took.
+async fn kubectl_waited(
+    cluster: &'static Cluster,
+    namespace: &str,
+    name: &str,
+    args: &[&str],
+) -> Duration {
+    let (output, took) = kubectl_wait(cluster, namespace, name, args).await;
+    assert!(
+        output.status.success(),
+        "kubectl wait {args:?} on {name}: {}",
+        text(&output.stderr)
+    );
+    took
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -117,16 +132,6 @@ async fn leading_controller(world: &World, extra: &[&str]) -> Controller {
     controller
 }
 
-async fn stop(mut controller: Controller) {
-    controller.signal(Signal::SIGTERM);
-    assert!(
-        controller
-            .wait_exit(Duration::from_secs(20))
-            .await
-            .success()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_wait_ready_returns_for_a_converged_fanout_and_times_out_for_blocked_or_failing_ones()
  {
@@ -168,43 +173,35 @@ async fn kubectl_wait_ready_returns_for_a_converged_fanout_and_times_out_for_blo
     let conflicting = create_fanout(cluster, &world, "creds", &[blocked]);
     let failing = create_fanout(cluster, &world, "creds", &[refusing]);
 
-    let (output, took) = kubectl_wait(
+    let took = kubectl_waited(
         cluster,
         ns,
         &converging,
         &["--for=condition=Ready", "--timeout=60s"],
     )
     .await;
-    assert!(
-        output.status.success(),
-        "kubectl wait Ready on a converging Fanout: {}",
-        text(&output.stderr)
-    );
     println!(
-        "kubectl wait --for=condition=Ready returned 0 after {} ms: {}",
-        took.as_millis(),
-        text(&output.stdout).trim()
+        "kubectl wait --for=condition=Ready on the converging Fanout returned 0 after {} ms",
+        took.as_millis()
     );
     assert_observed_current_generation(&get(cluster, &world, &converging).await);
 
     // The blocked one is Stalled (a person must act), the failing one
     // Reconciling (retried with backoff): both judged before the windows.
-    let (output, _) = kubectl_wait(
+    kubectl_waited(
         cluster,
         ns,
         &conflicting,
         &["--for=condition=Stalled", "--timeout=60s"],
     )
     .await;
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    let (output, _) = kubectl_wait(
+    kubectl_waited(
         cluster,
         ns,
         &failing,
         &["--for=condition=Reconciling", "--timeout=60s"],
     )
     .await;
-    assert!(output.status.success(), "{}", text(&output.stderr));
     let object = get(cluster, &world, &conflicting).await;
     assert_eq!(
         condition(&object, "Ready").map(|c| (c.0, c.1)),
@@ -243,7 +240,7 @@ async fn kubectl_wait_ready_returns_for_a_converged_fanout_and_times_out_for_blo
             text(&output.stderr).trim()
         );
     }
-    stop(controller).await;
+    controller.stop().await;
 }
 
 /// Every status of one Fanout a watch saw: `(generation, status
@@ -359,14 +356,13 @@ async fn a_slow_fan_out_is_reconciling_then_ready_and_kubectl_wait_follows_the_g
     });
     cluster.apply_yaml(&fanout.to_string());
 
-    let (output, took) = kubectl_wait(
+    let took = kubectl_waited(
         cluster,
         ns,
         &name,
         &["--for=condition=Ready", "--timeout=120s"],
     )
     .await;
-    assert!(output.status.success(), "{}", text(&output.stderr));
     println!(
         "slow fan-out of {TARGETS}: kubectl wait --for=condition=Ready returned 0 after {} ms",
         took.as_millis()
@@ -450,14 +446,13 @@ async fn a_slow_fan_out_is_reconciling_then_ready_and_kubectl_wait_follows_the_g
         .patch(&name, &PatchParams::default(), &Patch::Merge(&change))
         .await
         .unwrap();
-    let (output, took) = kubectl_wait(
+    let took = kubectl_waited(
         cluster,
         ns,
         &name,
         &["--for=condition=Ready", "--timeout=120s"],
     )
     .await;
-    assert!(output.status.success(), "{}", text(&output.stderr));
     let object = get(cluster, &world, &name).await;
     assert_eq!(object.metadata.generation, Some(2));
     assert_observed_current_generation(&object);
@@ -473,7 +468,7 @@ async fn a_slow_fan_out_is_reconciling_then_ready_and_kubectl_wait_follows_the_g
         took.as_millis()
     );
     drop(recorder);
-    stop(controller).await;
+    controller.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -485,14 +480,13 @@ async fn a_fanout_whose_source_is_missing_is_stalled_until_the_source_appears() 
     let source = testkit::random_name("absent");
     let name = create_fanout(cluster, &world, &source, &[world.targets[0].name()]);
 
-    let (output, took) = kubectl_wait(
+    let took = kubectl_waited(
         cluster,
         ns,
         &name,
         &["--for=condition=Stalled", "--timeout=60s"],
     )
     .await;
-    assert!(output.status.success(), "{}", text(&output.stderr));
     println!(
         "missing source: kubectl wait --for=condition=Stalled returned 0 after {} ms",
         took.as_millis()
@@ -518,21 +512,20 @@ async fn a_fanout_whose_source_is_missing_is_stalled_until_the_source_appears() 
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
-    let (output, took) = kubectl_wait(
+    let took = kubectl_waited(
         cluster,
         ns,
         &name,
         &["--for=condition=Ready", "--timeout=60s"],
     )
     .await;
-    assert!(output.status.success(), "{}", text(&output.stderr));
     println!(
         "source created: kubectl wait --for=condition=Ready returned 0 after {} ms",
         took.as_millis()
     );
     let object = get(cluster, &world, &name).await;
     assert_eq!(condition(&object, "Stalled"), None);
-    stop(controller).await;
+    controller.stop().await;
 }
 
 /// The field paths `kubectl explain ROOT --recursive` lists under ROOT

@@ -37,13 +37,7 @@ async fn readiness_waits_for_the_caches_and_liveness_does_not() {
     proxy.set(Mode::Open);
     controller.wait_ready(Duration::from_secs(30)).await;
     assert_eq!(controller.metric("fanout_ready").await, Some(1.0));
-    controller.signal(Signal::SIGTERM);
-    assert!(
-        controller
-            .wait_exit(Duration::from_secs(20))
-            .await
-            .success()
-    );
+    controller.stop().await;
 }
 
 /// A controller behind a [`Proxy`], leading, in the middle of a slow
@@ -354,11 +348,5 @@ async fn metrics_are_valid_prometheus_text_with_the_lifecycle_series() {
         body.contains("fanout_shutdown_phase{phase=\"running\"} 1"),
         "{body}"
     );
-    controller.signal(Signal::SIGTERM);
-    assert!(
-        controller
-            .wait_exit(Duration::from_secs(20))
-            .await
-            .success()
-    );
+    controller.stop().await;
 }

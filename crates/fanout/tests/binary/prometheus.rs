@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use testkit::process::Controller;
 use testkit::prometheus::Prometheus;
 use testkit::world::World;
@@ -63,11 +62,5 @@ async fn prometheus_scrapes_the_reconcile_and_target_series() {
         })
         .await;
 
-    controller.signal(Signal::SIGTERM);
-    assert!(
-        controller
-            .wait_exit(Duration::from_secs(20))
-            .await
-            .success()
-    );
+    controller.stop().await;
 }

@@ -128,46 +128,18 @@ async fn helm_install_runs_ready_pods_and_rollout_restart_drains_them() {
         NAMESPACE,
     );
 
-    // Created the moment the first old pod is told to stop.
-    testkit::eventually(
-        "an old pod being deleted",
-        Duration::from_secs(120),
-        || async {
-            old_pods
-                .iter()
-                .any(|p| pods.get(p).deletion_seen.is_some())
-                .then_some(())
+    let (during, new_pods) = ride_rollout(
+        &node,
+        Rollout {
+            pods: &pods,
+            old_pods: &old_pods,
+            followers: &followers,
+            started: restarted,
+            what: "rollout restart",
         },
+        ("during-rollout", 20),
     )
     .await;
-    let during = create_fanout(&node, "during-rollout", 20);
-
-    node.run(
-        "kubectl",
-        &[
-            "rollout",
-            "status",
-            "deployment/fanout",
-            "-n",
-            NAMESPACE,
-            "--timeout=180s",
-        ],
-        NAMESPACE,
-    );
-    wait_exited(&pods, &old_pods).await;
-    println!(
-        "rollout restart: {} ms until both old pods had exited",
-        restarted.elapsed().as_millis()
-    );
-
-    assert_drained(&pods, &followers);
-
-    // The new pods are Ready, and one of them leads.
-    let new_pods = ready_pods(&node);
-    assert_eq!(new_pods.len(), 2, "{}", node.diagnostics(NAMESPACE));
-    for pod in &new_pods {
-        assert!(!old_pods.contains(pod), "{pod} survived the rollout");
-    }
     let new_leader = testkit::eventually("a new leader", Duration::from_secs(30), || async {
         leases.holder().filter(|h| new_pods.contains(h))
     })
@@ -215,6 +187,71 @@ async fn helm_install_runs_ready_pods_and_rollout_restart_drains_them() {
 
 /// Each old pod: SIGTERM, the drain phases in order, exit 0 within its
 /// grace period.
+/// A rollout in progress, and what watches it.
+struct Rollout<'a> {
+    pods: &'a PodRecorder,
+    old_pods: &'a [String],
+    followers: &'a [(String, LogFollower)],
+    started: Instant,
+    /// How the log names it (`rollout restart`, `helm upgrade`).
+    what: &'a str,
+}
+
+/// Rides out a rollout: the moment the first old pod is told to stop, a
+/// Fanout named `during` over `targets` new namespaces is created; then it
+/// waits for the rollout to finish and every old pod to exit, checks each
+/// drained, and returns that Fanout and the new pods (two, Ready, none of
+/// them old).
+async fn ride_rollout(
+    node: &Node,
+    rollout: Rollout<'_>,
+    (during, targets): (&str, usize),
+) -> ((String, Vec<String>), Vec<String>) {
+    let Rollout {
+        pods,
+        old_pods,
+        followers,
+        started,
+        what,
+    } = rollout;
+    testkit::eventually(
+        "an old pod being deleted",
+        Duration::from_secs(120),
+        || async {
+            old_pods
+                .iter()
+                .any(|p| pods.get(p).deletion_seen.is_some())
+                .then_some(())
+        },
+    )
+    .await;
+    let during = create_fanout(node, during, targets);
+    node.run(
+        "kubectl",
+        &[
+            "rollout",
+            "status",
+            "deployment/fanout",
+            "-n",
+            NAMESPACE,
+            "--timeout=180s",
+        ],
+        NAMESPACE,
+    );
+    wait_exited(pods, old_pods).await;
+    println!(
+        "{what}: {} ms until both old pods had exited",
+        started.elapsed().as_millis()
+    );
+    assert_drained(pods, followers);
+    let new_pods = ready_pods(node);
+    assert_eq!(new_pods.len(), 2, "{}", node.diagnostics(NAMESPACE));
+    for pod in &new_pods {
+        assert!(!old_pods.contains(pod), "{pod} survived the {what}");
+    }
+    (during, new_pods)
+}
+
 fn assert_drained(pods: &PodRecorder, followers: &[(String, LogFollower)]) {
     for (pod, follower) in followers {
         let record = pods.get(pod);

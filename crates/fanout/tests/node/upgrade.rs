@@ -26,8 +26,8 @@ use kube::Api;
 use crate::node::{self, Node};
 use crate::observers::{LeaseRecorder, LogFollower, PodRecorder};
 use crate::{
-    IMAGE_REPOSITORY, IMAGE_TAG, LEASE, NAMESPACE, RELEASE, assert_drained, create_fanout,
-    ready_pods, report_handover, source_with_secret, wait_all_synced, wait_exited,
+    IMAGE_REPOSITORY, IMAGE_TAG, LEASE, NAMESPACE, RELEASE, Rollout, create_fanout, ready_pods,
+    report_handover, ride_rollout, source_with_secret, wait_all_synced,
 };
 
 const CHART: &str = "charts/fanout";
@@ -254,44 +254,20 @@ async fn helm_upgrade_from_the_previous_chart_keeps_copies_and_drains_the_old_po
     let args: Vec<&str> = upgrade.iter().map(String::as_str).collect();
     node.run("helm", &args, NAMESPACE);
 
-    // Created the moment the first old pod is told to stop.
-    testkit::eventually(
-        "an old pod being deleted",
-        Duration::from_secs(120),
-        || async {
-            old_pods
-                .iter()
-                .any(|p| pods.get(p).deletion_seen.is_some())
-                .then_some(())
+    let (during, new_pods) = ride_rollout(
+        &node,
+        Rollout {
+            pods: &pods,
+            old_pods: &old_pods,
+            followers: &followers,
+            started: upgrading,
+            what: "helm upgrade",
         },
+        ("during-upgrade", 10),
     )
     .await;
-    let during = create_fanout(&node, "during-upgrade", 10);
-
-    node.run(
-        "kubectl",
-        &[
-            "rollout",
-            "status",
-            "deployment/fanout",
-            "-n",
-            NAMESPACE,
-            "--timeout=180s",
-        ],
-        NAMESPACE,
-    );
-    wait_exited(&pods, &old_pods).await;
-    println!(
-        "helm upgrade: {} ms until both old pods had exited",
-        upgrading.elapsed().as_millis()
-    );
-    assert_drained(&pods, &followers);
-
-    // Two new pods of the new chart, Ready; one of them leads.
-    let new_pods = ready_pods(&node);
-    assert_eq!(new_pods.len(), 2, "{}", node.diagnostics(NAMESPACE));
+    // The new pods run the new chart; one of them leads.
     for pod in &new_pods {
-        assert!(!old_pods.contains(pod), "{pod} survived the upgrade");
         let chart_label = node.run(
             "kubectl",
             &[
