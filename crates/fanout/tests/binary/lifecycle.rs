@@ -230,7 +230,11 @@ async fn a_second_signal_exits_at_once_with_a_non_zero_code() {
 
     proxy.set(Mode::Stall); // the drain cannot finish on its own
     controller.signal(Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first signal has been taken once readiness turns 503.
+    testkit::eventually("the drain to begin", Duration::from_secs(10), || async {
+        (controller.status("/readyz").await == Some(503)).then_some(())
+    })
+    .await;
     assert!(controller.running(), "still draining");
     controller.signal(Signal::SIGINT);
     let second = Instant::now();
