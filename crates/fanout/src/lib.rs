@@ -23,11 +23,13 @@
 //! [`context`] (what reconciles share, and the settings), [`crd`] (the
 //! resource and its admission rules), [`metrics`], [`events`], [`guard`] (is
 //! the source-access admission policy in force), [`blocked`] (targets
-//! blocked by objects a Fanout may not touch, watched instead of polled). Above them: [`controller`]
+//! blocked by objects a Fanout may not touch, watched instead of polled),
+//! [`namespaces`] (the compact record of each namespace that consent and
+//! selectors read). Above them: [`controller`]
 //! (the run loop: watches into kube-runtime's applier, the drain) and
 //! [`app`] (flags into the runtime and the controller); [`config`] parses
 //! the flags. The modules form layers with no import cycle: `crd` → `api`,
-//! `copy` → `found` → `plan`, `cache` → `metrics` → `status` → `targets` →
+//! `copy` → `found` → `plan`, `cache` → `metrics` → `status` → `targets` → `namespaces` →
 //! `index`, `blocked` → `context` → `write`, `watches` → `reconcile` → `controller` →
 //! `app`.
 

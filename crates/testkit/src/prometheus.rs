@@ -109,20 +109,37 @@ impl Prometheus {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
+    /// `GET /api/v1/{endpoint}` with `query`, as JSON, or why there is none.
+    async fn api(
+        &self,
+        endpoint: &str,
+        query: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let url = format!("http://127.0.0.1:{}/api/v1/{endpoint}", self.port);
+        reqwest::Client::new()
+            .get(url)
+            .query(query)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| format!("no answer: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("not JSON: {e}"))
+    }
+
     /// The samples an instant query returns; empty while Prometheus is
     /// starting or has no sample yet.
     pub async fn query(&self, expr: &str) -> Vec<Sample> {
-        let url = format!("http://127.0.0.1:{}/api/v1/query", self.port);
-        let response = reqwest::Client::new()
-            .get(url)
-            .query(&[("query", expr)])
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        let Ok(response) = response else {
-            return Vec::new();
-        };
-        let Ok(body) = response.json::<serde_json::Value>().await else {
+        let Ok(body) = self
+            .api(
+                "query",
+                &[("query", expr.to_owned())],
+                Duration::from_secs(2),
+            )
+            .await
+        else {
             return Vec::new();
         };
         body["data"]["result"]
@@ -151,23 +168,15 @@ impl Prometheus {
                 .as_secs_f64()
                 .to_string()
         };
-        let url = format!("http://127.0.0.1:{}/api/v1/query_range", self.port);
-        let response = reqwest::Client::new()
-            .get(url)
-            .query(&[
-                ("query", expr.to_owned()),
-                ("start", unix(start)),
-                ("end", unix(SystemTime::now())),
-                ("step", step.as_secs_f64().to_string()),
-            ])
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| format!("no answer: {e}"))?;
-        let body: serde_json::Value = response
-            .json()
-            .await
-            .map_err(|e| format!("not JSON: {e}"))?;
+        let query = [
+            ("query", expr.to_owned()),
+            ("start", unix(start)),
+            ("end", unix(SystemTime::now())),
+            ("step", step.as_secs_f64().to_string()),
+        ];
+        let body = self
+            .api("query_range", &query, Duration::from_secs(5))
+            .await?;
         if body["status"] != "success" {
             return Err(format!("{}: {}", body["errorType"], body["error"]));
         }
@@ -194,16 +203,7 @@ impl Prometheus {
     /// The alerts its rules hold now (`GET /api/v1/alerts`): each one's
     /// name and state (`pending` or `firing`); empty while it is starting.
     pub async fn alerts(&self) -> Vec<(String, String)> {
-        let url = format!("http://127.0.0.1:{}/api/v1/alerts", self.port);
-        let response = reqwest::Client::new()
-            .get(url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        let Ok(response) = response else {
-            return Vec::new();
-        };
-        let Ok(body) = response.json::<serde_json::Value>().await else {
+        let Ok(body) = self.api("alerts", &[], Duration::from_secs(2)).await else {
             return Vec::new();
         };
         body["data"]["alerts"]

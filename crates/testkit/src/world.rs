@@ -131,7 +131,7 @@ impl World {
     }
 
     /// The Fanout as `kubectl get -o json` shows it.
-    fn fanout_json(&self, cluster: &support::Cluster, name: &str) -> serde_json::Value {
+    pub fn fanout_json(&self, cluster: &support::Cluster, name: &str) -> serde_json::Value {
         let json = cluster.kubectl(&[
             "get",
             "fanout",

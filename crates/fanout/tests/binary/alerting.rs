@@ -105,17 +105,7 @@ async fn failed_target_message(cluster: &testkit::Cluster, world: &World, fanout
         "a Failed target in the status",
         Duration::from_secs(30),
         || async {
-            let json = cluster.kubectl(&[
-                "get",
-                "fanout",
-                fanout,
-                "-n",
-                world.source.name(),
-                "-o",
-                "json",
-            ]);
-            let object: serde_json::Value = serde_json::from_str(&json).ok()?;
-            object["status"]["targets"]
+            world.fanout_json(cluster, fanout)["status"]["targets"]
                 .as_array()?
                 .iter()
                 .find(|t| t["state"] == "Failed")

@@ -113,14 +113,7 @@ async fn helm_install_runs_ready_pods_and_rollout_restart_drains_them() {
     // The rollout, watched from every side.
     let pods = PodRecorder::start(client.clone(), NAMESPACE);
     let logs_dir = tempfile::tempdir().unwrap();
-    let followers: Vec<(String, LogFollower)> = old_pods
-        .iter()
-        .map(|pod| {
-            let follower =
-                LogFollower::start(node.command("kubectl"), NAMESPACE, pod, logs_dir.path());
-            (pod.clone(), follower)
-        })
-        .collect();
+    let followers = LogFollower::each(&node, NAMESPACE, &old_pods, logs_dir.path());
     let restarted = Instant::now();
     node.run(
         "kubectl",

@@ -157,6 +157,22 @@ pub struct LogFollower {
 }
 
 impl LogFollower {
+    /// One follower per pod of `pods` in `namespace`, each writing to its
+    /// own file in `dir`, paired with its pod's name.
+    pub fn each(
+        node: &crate::node::Node,
+        namespace: &str,
+        pods: &[String],
+        dir: &Path,
+    ) -> Vec<(String, LogFollower)> {
+        pods.iter()
+            .map(|pod| {
+                let follower = LogFollower::start(node.command("kubectl"), namespace, pod, dir);
+                (pod.clone(), follower)
+            })
+            .collect()
+    }
+
     pub fn start(mut kubectl: Command, namespace: &str, pod: &str, dir: &Path) -> LogFollower {
         let path = dir.join(format!("{pod}.log"));
         let file = std::fs::File::create(&path).unwrap();

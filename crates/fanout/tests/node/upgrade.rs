@@ -220,14 +220,7 @@ async fn helm_upgrade_from_the_previous_chart_keeps_copies_and_drains_the_old_po
 
     let pods = PodRecorder::start(client.clone(), NAMESPACE);
     let logs_dir = tempfile::tempdir().unwrap();
-    let followers: Vec<(String, LogFollower)> = old_pods
-        .iter()
-        .map(|pod| {
-            let follower =
-                LogFollower::start(node.command("kubectl"), NAMESPACE, pod, logs_dir.path());
-            (pod.clone(), follower)
-        })
-        .collect();
+    let followers = LogFollower::each(&node, NAMESPACE, &old_pods, logs_dir.path());
 
     // The upgrade as the README says: the CRD first, then the release.
     let crds = current.join("crds");
