@@ -83,9 +83,17 @@ struct State {
     targets: HashMap<Target, Blocked>,
     watches: HashMap<Watched, AbortHandle>,
     /// Targets whose blocker the watch saw go, until a pass judges them:
-    /// the next pass creates the copy at once, without reading first.
-    cleared: HashSet<Target>,
+    /// the next pass creates the copy at once, without reading first. Each
+    /// with the [`Epoch`] it was cleared in.
+    cleared: HashMap<Target, Epoch>,
+    /// Counts the blockers seen go; see [`Blockers::epoch`].
+    epoch: Epoch,
 }
+
+/// A point in the sequence of blockers seen go: a pass notes it before it
+/// judges its targets, and at its end forgets only what was cleared before
+/// it, not what a watch reported while it ran (that needs the next pass).
+pub type Epoch = u64;
 
 struct Blocked {
     /// The blocker's resourceVersion when it was last judged.
@@ -191,17 +199,25 @@ impl Blockers {
         self.inner
             .lock()
             .cleared
-            .contains(&(kind, namespace.to_owned(), name.to_owned()))
+            .contains_key(&(kind, namespace.to_owned(), name.to_owned()))
+    }
+
+    /// Now, in the sequence of blockers seen go: a pass notes it before it
+    /// judges its targets and hands it to [`Blockers::settle`].
+    pub fn epoch(&self) -> Epoch {
+        self.inner.lock().epoch
     }
 
     /// Forgets `fanout`'s blocked targets other than `kind`/`name` in
-    /// `namespaces` (a pass ended with exactly these blocked).
+    /// `namespaces` (a pass that began judging at `judged_from` ended with
+    /// exactly these blocked).
     pub fn settle(
         &self,
         fanout: &ObjectRef<Fanout>,
         kind: SourceKind,
         name: &str,
         namespaces: &HashSet<&str>,
+        judged_from: Epoch,
     ) {
         let mut state = self.inner.lock();
         state.targets.retain(|(k, namespace, n), entry| {
@@ -211,8 +227,12 @@ impl Blockers {
             }
             !entry.fanouts.is_empty()
         });
-        // The pass judged every target of this name: none is just cleared.
-        state.cleared.retain(|(k, _, n)| *k != kind || n != name);
+        // The pass judged every target of this name that was cleared
+        // before it began; one cleared since is for the next pass (which
+        // the watch woke) to create without reading first.
+        state
+            .cleared
+            .retain(|(k, _, n), at| *k != kind || n != name || *at > judged_from);
         self.sync_watches(&mut state);
     }
 
@@ -288,7 +308,9 @@ impl Inner {
             let mut state = self.lock();
             let removed = state.targets.remove(target);
             if removed.is_some() {
-                state.cleared.insert(target.clone());
+                state.epoch += 1;
+                let epoch = state.epoch;
+                state.cleared.insert(target.clone(), epoch);
             }
             removed
         };

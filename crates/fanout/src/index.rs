@@ -78,9 +78,16 @@ impl SourceScope {
 /// before the watch has listed it: an edit in between reaches the watch
 /// only as the listed state, not as an event, and comparing the listed
 /// resourceVersion with the one the pass read tells that the pass copied an
-/// older source. And a pass may skip reading a source its watch has seen
-/// at exactly the version this process last read (see
+/// older source. And a pass may skip reading a source whose watch has
+/// reported nothing newer than the version this process last read (see
 /// `crate::reconcile`): nothing about it changed.
+///
+/// A source that did not change since its Fanout appeared reaches its
+/// watch in no event at all (a watch already running when the Fanout was
+/// created listed it before anyone named it), so the version a pass reads
+/// counts as seen until the watch reports another. While a source watch
+/// fails, what its scope holds is forgotten: passes read again, so the
+/// periodic resync stays the safety net for a watch that cannot run.
 #[derive(Clone, Debug, Default)]
 pub struct SourceVersions {
     state: Arc<Mutex<Versions>>,
@@ -89,7 +96,9 @@ pub struct SourceVersions {
 #[derive(Debug, Default)]
 struct Versions {
     read: HashMap<SourceKey, String>,
-    seen: HashMap<SourceKey, String>,
+    /// The version the watch (or, before any event of it, a pass) last
+    /// reported; `None`: deleted.
+    seen: HashMap<SourceKey, Option<String>>,
 }
 
 impl SourceVersions {
@@ -97,18 +106,32 @@ impl SourceVersions {
     pub fn read(&self, source: SourceKey, version: Option<String>) {
         let mut state = self.lock();
         match version {
-            Some(version) => state.read.insert(source, version),
-            None => state.read.remove(&source),
-        };
+            Some(version) => {
+                state
+                    .seen
+                    .entry(source.clone())
+                    .or_insert_with(|| Some(version.clone()));
+                state.read.insert(source, version);
+            }
+            None => {
+                state.read.remove(&source);
+            }
+        }
     }
 
     /// The source watch saw `source` at `version` (`None`: deleted).
     pub fn saw(&self, source: SourceKey, version: Option<String>) {
+        self.lock().seen.insert(source, version);
+    }
+
+    /// The watch of `scope` failed: until it reports again, nothing it
+    /// would have told counts as known.
+    pub fn forget(&self, scope: &SourceScope) {
         let mut state = self.lock();
-        match version {
-            Some(version) => state.seen.insert(source, version),
-            None => state.seen.remove(&source),
-        };
+        let outside =
+            |source: &SourceKey| source.kind != scope.kind || source.namespace != scope.namespace;
+        state.read.retain(|source, _| outside(source));
+        state.seen.retain(|source, _| outside(source));
     }
 
     /// Whether a pass read `source` at a version other than `version`.
@@ -119,13 +142,13 @@ impl SourceVersions {
             .is_some_and(|read| Some(read.as_str()) != version)
     }
 
-    /// Whether the watch last saw `source` at the version a pass last read.
+    /// Whether the watch has reported nothing but the version a pass last
+    /// read.
     pub fn unchanged(&self, source: &SourceKey) -> bool {
         let state = self.lock();
-        state
-            .read
-            .get(source)
-            .is_some_and(|read| state.seen.get(source) == Some(read))
+        state.read.get(source).is_some_and(|read| {
+            state.seen.get(source).and_then(Option::as_deref) == Some(read.as_str())
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Versions> {
@@ -384,12 +407,42 @@ mod tests {
             versions.differs(&creds, Some("8")),
             "edited after the pass read it"
         );
-        assert!(!versions.unchanged(&creds), "the watch has not seen it");
+        assert!(
+            versions.unchanged(&creds),
+            "no event since the watch began: what the pass read is the newest"
+        );
         versions.saw(creds.clone(), Some("7".into()));
         assert!(versions.unchanged(&creds));
         versions.saw(creds.clone(), Some("8".into()));
         assert!(!versions.unchanged(&creds), "edited since the pass read it");
         versions.read(creds.clone(), None);
         assert!(!versions.differs(&creds, Some("8")), "the pass found none");
+    }
+
+    #[test]
+    fn a_source_the_watch_saw_change_or_go_is_not_unchanged() {
+        let versions = SourceVersions::default();
+        let creds = SourceKey {
+            kind: SourceKind::Secret,
+            namespace: "platform".into(),
+            name: "creds".into(),
+        };
+        // The watch is ahead of a slow read: the read does not hide it.
+        versions.saw(creds.clone(), Some("8".into()));
+        versions.read(creds.clone(), Some("7".into()));
+        assert!(!versions.unchanged(&creds));
+        versions.read(creds.clone(), Some("8".into()));
+        assert!(versions.unchanged(&creds));
+        // Deleted after the read.
+        versions.saw(creds.clone(), None);
+        assert!(!versions.unchanged(&creds));
+        versions.saw(creds.clone(), Some("9".into()));
+        versions.read(creds.clone(), Some("9".into()));
+        assert!(versions.unchanged(&creds));
+        // A failing watch: nothing is known until a pass reads again.
+        versions.forget(&creds.scope());
+        assert!(!versions.unchanged(&creds));
+        versions.read(creds.clone(), Some("9".into()));
+        assert!(versions.unchanged(&creds));
     }
 }

@@ -389,6 +389,7 @@ impl<'a> Pass<'a> {
             copy_name: self.fanout.copy_name().to_owned(),
             kind: PhantomData,
         };
+        let judged_from = self.ctx.blockers.epoch();
         let (mut entries, work) = classify(self.ctx, &resolved, &job, &self.previous);
 
         let writer = self.status_writer();
@@ -480,7 +481,7 @@ impl<'a> Pass<'a> {
             .collect();
         self.ctx
             .blockers
-            .settle(&self.key(), K::KIND, &job.copy_name, &blocked);
+            .settle(&self.key(), K::KIND, &job.copy_name, &blocked, judged_from);
         let mut prune_left = 0;
         if !interrupted && self.fanout.spec.prune {
             // Objects labelled as ours outside the targets; `Scope` keeps

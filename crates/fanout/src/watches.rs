@@ -593,7 +593,10 @@ async fn follow<K: CopyKind>(inner: &Inner, scope: &SourceScope) {
                     inner.versions.saw(source, None);
                 }
             }
-            Err(error) => warn!(%error, "source watch failed; retrying with backoff"),
+            Err(error) => {
+                warn!(%error, "source watch failed; retrying with backoff");
+                inner.versions.forget(scope);
+            }
         }
     }
 }
