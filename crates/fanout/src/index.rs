@@ -392,14 +392,19 @@ mod tests {
         assert!(index.scopes().is_empty());
     }
 
-    #[test]
-    fn a_listed_source_differs_only_from_a_version_a_pass_read() {
-        let versions = SourceVersions::default();
-        let creds = SourceKey {
+    /// The source the version tests follow.
+    fn creds() -> SourceKey {
+        SourceKey {
             kind: SourceKind::Secret,
             namespace: "platform".into(),
             name: "creds".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_listed_source_differs_only_from_a_version_a_pass_read() {
+        let versions = SourceVersions::default();
+        let creds = creds();
         assert!(!versions.differs(&creds, Some("7")), "no pass read it yet");
         versions.read(creds.clone(), Some("7".into()));
         assert!(!versions.differs(&creds, Some("7")));
@@ -422,11 +427,7 @@ mod tests {
     #[test]
     fn a_source_the_watch_saw_change_or_go_is_not_unchanged() {
         let versions = SourceVersions::default();
-        let creds = SourceKey {
-            kind: SourceKind::Secret,
-            namespace: "platform".into(),
-            name: "creds".into(),
-        };
+        let creds = creds();
         // The watch is ahead of a slow read: the read does not hide it.
         versions.saw(creds.clone(), Some("8".into()));
         versions.read(creds.clone(), Some("7".into()));
