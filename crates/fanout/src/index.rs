@@ -124,14 +124,13 @@ impl SourceVersions {
         self.lock().seen.insert(source, version);
     }
 
-    /// The watch of `scope` failed: until it reports again, nothing it
-    /// would have told counts as known.
+    /// The watch of `scope` failed: until it reports again (or a pass
+    /// reads), nothing it would have told counts as seen. What passes read
+    /// is kept: the relist compares it with what it lists.
     pub fn forget(&self, scope: &SourceScope) {
-        let mut state = self.lock();
-        let outside =
-            |source: &SourceKey| source.kind != scope.kind || source.namespace != scope.namespace;
-        state.read.retain(|source, _| outside(source));
-        state.seen.retain(|source, _| outside(source));
+        self.lock()
+            .seen
+            .retain(|source, _| source.kind != scope.kind || source.namespace != scope.namespace);
     }
 
     /// Whether a pass read `source` at a version other than `version`.
@@ -440,9 +439,11 @@ mod tests {
         versions.saw(creds.clone(), Some("9".into()));
         versions.read(creds.clone(), Some("9".into()));
         assert!(versions.unchanged(&creds));
-        // A failing watch: nothing is known until a pass reads again.
+        // A failing watch: nothing is seen until a pass reads again, and
+        // the relist still tells a version other than the one read.
         versions.forget(&creds.scope());
         assert!(!versions.unchanged(&creds));
+        assert!(versions.differs(&creds, Some("10")));
         versions.read(creds.clone(), Some("9".into()));
         assert!(versions.unchanged(&creds));
     }
